@@ -1,0 +1,141 @@
+"""The coefficient file (DESIGN §4): one ``.safetensors`` per Φ, strictly validated, written atomically.
+
+Tensors: ``weights`` [N, K], ``time_scale`` [N], optional ``sigmas`` [N+1] (float32). Metadata: one JSON
+document under the key ``dyweight``. Files are parsed with safetensors only; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
+
+from .atomic import atomic_path
+from .errors import CoefficientError, CoefficientFileError
+from .phi import FORMAT, Coefficients
+
+METADATA_KEY = "dyweight"
+TENSOR_NAMES = ("weights", "time_scale", "sigmas")
+_REQUIRED_FIELDS = ("format", "nfe", "order", "afs", "divisor", "schedule", "prediction", "model_family",
+                    "sigma_min", "sigma_max", "cfg", "training")
+_PICKLE_OR_TORCH_SAVE = (b"\x80", b"PK\x03\x04")
+
+
+def save_coefficients(phi: Coefficients, path) -> None:
+    """Write ``phi`` to ``path`` atomically (temporary file + rename)."""
+    phi = phi.detached()
+    tensors = {"weights": phi.weights, "time_scale": phi.time_scale}
+    if phi.sigmas is not None:
+        tensors["sigmas"] = phi.sigmas
+    document = json.dumps(phi.metadata(), sort_keys=True)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={METADATA_KEY: document})
+
+
+def load_coefficients(path) -> Coefficients:
+    """Read, parse and validate a coefficient file.
+
+    Raises :class:`CoefficientFileError` whose ``reason`` tells a missing file, a truncated file, a
+    pickle or ``torch.save`` archive, another non-safetensors file, missing or malformed metadata, an
+    unknown format version, wrong tensor shapes, or non-finite values apart.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CoefficientFileError(path, "missing", "no such file")
+    raw = path.read_bytes()
+    header = _read_header(path, raw)
+    document = _read_document(path, header)
+    try:
+        tensors = load_safetensors_bytes(raw)
+    except Exception as error:  # safetensors raises its own error types for corrupt payloads
+        raise CoefficientFileError(path, "invalid", f"safetensors could not read it ({error})") from error
+    return _build(path, tensors, document)
+
+
+def _read_header(path: Path, raw: bytes) -> dict:
+    if raw.startswith(_PICKLE_OR_TORCH_SAVE):
+        raise CoefficientFileError(
+            path, "pickle",
+            "this is a Python pickle / torch.save archive, not a safetensors file. DyWeight never unpickles "
+            "files (they can run code); convert released coefficients with "
+            "`python -m comfyui_dyweight.trainer import`")
+    if len(raw) < 8:
+        raise CoefficientFileError(path, "truncated", f"the file is only {len(raw)} bytes long (truncated?)")
+    (header_size,) = struct.unpack("<Q", raw[:8])
+    if header_size > len(raw) - 8:
+        if raw[8:9] == b"{" or header_size < (1 << 24):
+            raise CoefficientFileError(path, "truncated", "the file ends inside its header (truncated download?)")
+        raise CoefficientFileError(path, "not_safetensors", "this is not a safetensors file")
+    try:
+        header = json.loads(raw[8:8 + header_size])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CoefficientFileError(path, "not_safetensors", "this is not a safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise CoefficientFileError(path, "not_safetensors", "this is not a safetensors file (bad header)")
+    data_size = len(raw) - 8 - header_size
+    ends = [entry["data_offsets"][1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    if ends and max(ends) > data_size:
+        raise CoefficientFileError(
+            path, "truncated", f"the tensor data stops at byte {data_size} of {max(ends)} (truncated download?)")
+    return header
+
+
+def _read_document(path: Path, header: dict) -> dict:
+    metadata = header.get("__metadata__") or {}
+    if METADATA_KEY not in metadata:
+        raise CoefficientFileError(
+            path, "metadata_missing",
+            f"it has no '{METADATA_KEY}' metadata, so it is not a DyWeight coefficient file (a model checkpoint "
+            "in the wrong folder?)")
+    try:
+        document = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise CoefficientFileError(path, "metadata_malformed", f"its metadata is not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise CoefficientFileError(path, "metadata_malformed", "its metadata must be a JSON object")
+    if document.get("format") != FORMAT:
+        raise CoefficientFileError(
+            path, "format_version",
+            f"format {document.get('format')!r} is not one this version reads ({FORMAT!r}); "
+            "update ComfyUI-DyWeight or re-export the file")
+    missing = [name for name in _REQUIRED_FIELDS if name not in document]
+    if missing:
+        raise CoefficientFileError(path, "metadata_malformed", f"its metadata lacks {', '.join(missing)}")
+    return document
+
+
+def _build(path: Path, tensors: dict, document: dict) -> Coefficients:
+    unknown = sorted(set(tensors) - set(TENSOR_NAMES))
+    absent = [name for name in ("weights", "time_scale") if name not in tensors]
+    if absent or unknown:
+        raise CoefficientFileError(
+            path, "shape", f"expected tensors weights, time_scale[, sigmas]; missing {absent}, unexpected {unknown}")
+    weights, time_scale = tensors["weights"], tensors["time_scale"]
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise CoefficientFileError(path, "shape", f"tensor '{name}' must be floating point, is {tensor.dtype}")
+        if not torch.isfinite(tensor).all():
+            raise CoefficientFileError(path, "non_finite", f"tensor '{name}' holds NaN or Inf")
+    if weights.ndim != 2 or time_scale.shape != (weights.shape[0],) or (
+            "sigmas" in tensors and tensors["sigmas"].shape != (weights.shape[0] + 1,)):
+        shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
+        raise CoefficientFileError(
+            path, "shape", f"tensor shapes {shapes} do not fit together (weights [N, K], time_scale [N], sigmas [N+1])")
+    if document["order"] != weights.shape[1] or document["nfe"] != weights.shape[0] - int(bool(document["afs"])):
+        raise CoefficientFileError(
+            path, "shape", f"metadata says NFE {document['nfe']}, order {document['order']} but the weights are "
+                           f"{tuple(weights.shape)}")
+    try:
+        return Coefficients(
+            weights=weights, time_scale=time_scale, sigmas=tensors.get("sigmas"),
+            afs=document["afs"], divisor=document["divisor"], schedule=document["schedule"],
+            prediction=document["prediction"], model_family=document["model_family"],
+            sigma_min=document["sigma_min"], sigma_max=document["sigma_max"], cfg=document["cfg"],
+            training=document["training"])
+    except CoefficientError as error:
+        raise CoefficientFileError(path, "invalid", str(error)) from None

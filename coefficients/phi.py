@@ -1,0 +1,197 @@
+"""Φ, the DyWeight coefficients: the weight matrix W, the time scales s, and what they belong to.
+
+Notation follows the paper (arXiv 2603.11607, §3): N base steps, a history window of K gradients,
+row n of W weighting the K most recent gradients (column 0 = newest), s_n the time scale of the
+model query at step n (Eq. 7), and the running, implicitly shifted time t̃ (Eq. 8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import torch
+
+from .errors import CoefficientError
+
+FORMAT = "dyweight/1"
+DIVISORS = ("sigma", "net_sigma")
+PREDICTIONS = ("eps", "v", "flow")
+SCHEDULE_KINDS = ("comfy", "explicit", "edm", "flux")
+
+
+def validate_schedule(schedule: Any) -> dict:
+    """Check a schedule record (DESIGN §4) and return it as a plain dict."""
+    if not isinstance(schedule, dict) or schedule.get("kind") not in SCHEDULE_KINDS:
+        raise CoefficientError(
+            f"schedule must be a dict whose 'kind' is one of {SCHEDULE_KINDS}, got {schedule!r}")
+    kind = schedule["kind"]
+    if kind == "comfy" and not isinstance(schedule.get("scheduler"), str):
+        raise CoefficientError("a 'comfy' schedule needs the ComfyUI scheduler name in 'scheduler'")
+    if kind == "edm" and not _positive_number(schedule.get("rho")):
+        raise CoefficientError("an 'edm' schedule needs a positive 'rho'")
+    if kind == "flux" and not isinstance(schedule.get("mu"), (int, float)):
+        raise CoefficientError("a 'flux' schedule needs the resolution shift 'mu'")
+    return dict(schedule)
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@dataclasses.dataclass
+class Coefficients:
+    """A DyWeight solver: W ∈ ℝ^{N×K}, s ∈ ℝ^N, flags, and the facts of the model it was made for.
+
+    ``weights`` and ``time_scale`` may require grad (the trainer optimises them in place).
+    ``prediction``/``model_family`` of ``None`` mean "any" (model-agnostic presets).
+    ``sigmas`` is the base grid σ_0 > … > σ_N the Φ was trained on, when it belongs to a model.
+    """
+
+    weights: torch.Tensor
+    time_scale: torch.Tensor
+    afs: bool = False
+    divisor: str = "sigma"
+    schedule: dict = dataclasses.field(default_factory=lambda: {"kind": "comfy", "scheduler": "karras"})
+    sigmas: Optional[torch.Tensor] = None
+    prediction: Optional[str] = None
+    model_family: Optional[str] = None
+    sigma_min: Optional[float] = None
+    sigma_max: Optional[float] = None
+    cfg: Optional[float] = None
+    training: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    # --- shape facts -------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """N, the number of base steps (rows of W)."""
+        return self.weights.shape[0]
+
+    @property
+    def order(self) -> int:
+        """K, the width of the gradient history window."""
+        return self.weights.shape[1]
+
+    @property
+    def nfe(self) -> int:
+        """Model calls per sample: N, or N − 1 with the analytical first step."""
+        return self.steps - int(self.afs)
+
+    # --- checks ------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`CoefficientError` naming the first thing that makes this Φ unusable."""
+        w, s = self.weights, self.time_scale
+        if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
+            raise CoefficientError(f"weights must be an [N, K] tensor, got shape {tuple(getattr(w, 'shape', ()))}")
+        if not isinstance(s, torch.Tensor) or tuple(s.shape) != (w.shape[0],):
+            raise CoefficientError(
+                f"time_scale must have one entry per step ({w.shape[0]}), got shape {tuple(getattr(s, 'shape', ()))}")
+        if not (w.is_floating_point() and s.is_floating_point()):
+            raise CoefficientError("weights and time_scale must be floating-point tensors")
+        w, s = w.detach(), s.detach()
+        if not torch.isfinite(w).all() or not torch.isfinite(s).all():
+            raise CoefficientError("weights and time_scale must be finite (found NaN or Inf)")
+        if not (s > 0).all():
+            raise CoefficientError(f"time scales must be positive, got {s.tolist()}")
+        outside = torch.ones_like(w, dtype=torch.bool).triu(1)  # column k > row n: no gradient yet
+        if (w[outside] != 0).any():
+            raise CoefficientError(
+                "weights outside the available history must be 0 (row n uses columns 0..n; column 0 = newest)")
+        if not isinstance(self.afs, bool):
+            raise CoefficientError(f"afs must be true or false, got {self.afs!r}")
+        if self.steps - int(self.afs) < 1:
+            raise CoefficientError("with the analytical first step a Φ needs at least 2 steps")
+        if self.divisor not in DIVISORS:
+            raise CoefficientError(f"divisor must be one of {DIVISORS}, got {self.divisor!r}")
+        if self.prediction is not None and self.prediction not in PREDICTIONS:
+            raise CoefficientError(f"prediction must be one of {PREDICTIONS} or None, got {self.prediction!r}")
+        self.schedule = validate_schedule(self.schedule)
+        if self.sigmas is not None:
+            self._validate_sigmas()
+        elif self.schedule["kind"] == "explicit":
+            raise CoefficientError("an 'explicit' schedule needs the base grid in 'sigmas'")
+        for name in ("sigma_min", "sigma_max", "cfg"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise CoefficientError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        if self.schedule["kind"] == "edm" and (self.sigma_min is None or self.sigma_max is None):
+            raise CoefficientError("an 'edm' schedule needs sigma_min and sigma_max")
+        if not isinstance(self.training, dict):
+            raise CoefficientError("training must be a dict")
+
+    def _validate_sigmas(self) -> None:
+        sig = self.sigmas
+        if not isinstance(sig, torch.Tensor) or tuple(sig.shape) != (self.steps + 1,):
+            raise CoefficientError(
+                f"sigmas must hold N+1 = {self.steps + 1} values, got shape {tuple(getattr(sig, 'shape', ()))}")
+        sig = sig.detach()
+        if not torch.isfinite(sig).all() or (sig < 0).any() or not (sig[1:] < sig[:-1]).all():
+            raise CoefficientError("sigmas must be finite, ≥ 0 and strictly decreasing")
+
+    # --- conversions -------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        """The JSON document stored in the file's metadata (DESIGN §4)."""
+        return {
+            "format": FORMAT, "nfe": self.nfe, "order": self.order, "afs": bool(self.afs),
+            "divisor": self.divisor, "schedule": self.schedule, "prediction": self.prediction,
+            "model_family": self.model_family, "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max, "cfg": self.cfg, "training": self.training,
+        }
+
+    def detached(self) -> "Coefficients":
+        """A float32 CPU copy without autograd history (what is saved and shipped)."""
+        return dataclasses.replace(
+            self,
+            weights=self.weights.detach().to("cpu", torch.float32).clone(),
+            time_scale=self.time_scale.detach().to("cpu", torch.float32).clone(),
+            sigmas=None if self.sigmas is None else self.sigmas.detach().to("cpu", torch.float32).clone(),
+        )
+
+    def summary(self) -> str:
+        """A few human-readable lines: what this Φ is and where it came from."""
+        family = self.model_family or "any model"
+        prediction = self.prediction or "any prediction"
+        lines = [
+            f"DyWeight Φ: NFE {self.nfe} ({self.steps} steps{', analytical first step' if self.afs else ''}), "
+            f"history K={self.order}",
+            f"for {family} ({prediction}), schedule {_describe_schedule(self.schedule)}",
+        ]
+        if self.cfg is not None:
+            lines.append(f"CFG/guidance {self.cfg:g}")
+        record = self.training
+        if record.get("initialiser") and not record.get("iterations"):
+            lines.append(f"untrained: {record['initialiser']} initialisation")
+        elif record:
+            facts = [f"{k}={record[k]}" for k in ("teacher", "teacher_steps", "pairs", "iterations", "base_model")
+                     if record.get(k) is not None]
+            lines.append("trained: " + ", ".join(facts))
+            validation = record.get("validation")
+            if isinstance(validation, dict) and validation.get("rmse") is not None:
+                lines.append(f"held-out RMSE to teacher {validation['rmse']:.4g}")
+        return "\n".join(lines)
+
+    @classmethod
+    def load(cls, path) -> "Coefficients":
+        """Read and validate a coefficient file; see :func:`coefficients.io.load_coefficients`."""
+        from .io import load_coefficients
+        return load_coefficients(path)
+
+    def save(self, path) -> None:
+        """Write this Φ atomically; see :func:`coefficients.io.save_coefficients`."""
+        from .io import save_coefficients
+        save_coefficients(self, path)
+
+
+def _describe_schedule(schedule: dict) -> str:
+    kind = schedule["kind"]
+    if kind == "comfy":
+        return f"ComfyUI '{schedule['scheduler']}'"
+    if kind == "edm":
+        return f"EDM ρ={schedule['rho']:g}{' to 0' if schedule.get('to_zero') else ''}"
+    if kind == "flux":
+        return f"FLUX shift μ={schedule['mu']:g}"
+    return "explicit sigmas"

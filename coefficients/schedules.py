@@ -1,0 +1,64 @@
+"""Base grids σ_0 > … > σ_N that need no ComfyUI (ComfyUI's own schedulers come in through the nodes)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import CoefficientError
+from .phi import Coefficients
+
+
+def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, to_zero: bool = False,
+               dtype=torch.float64) -> torch.Tensor:
+    """Karras et al. (2022) Eq. 5: σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
+
+    ``steps`` is the number of steps N. With ``to_zero`` the grid has N−1 polynomial steps down to
+    σ_min and a final step to σ = 0 (ComfyUI's ``karras``); without it, all N steps are polynomial
+    and the trajectory ends at σ_min (the EDM/DyWeight pixel-space convention).
+    """
+    if steps < 1:
+        raise CoefficientError(f"a schedule needs at least one step, got {steps}")
+    points = steps if to_zero else steps + 1
+    ramp = torch.linspace(0, 1, points, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    if to_zero:
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+    return sigmas.to(dtype)
+
+
+def flux_sigmas(steps: int, mu: float, dtype=torch.float64) -> torch.Tensor:
+    """The FLUX time shift on a uniform grid: σ_i = e^μ / (e^μ + 1/t_i − 1), t = linspace(1, 0, N+1)."""
+    if steps < 1:
+        raise CoefficientError(f"a schedule needs at least one step, got {steps}")
+    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    shift = torch.exp(torch.tensor(mu, dtype=torch.float64))
+    sigmas = torch.where(t > 0, shift / (shift + 1 / t.clamp_min(1e-300) - 1), torch.zeros_like(t))
+    return sigmas.to(dtype)
+
+
+def explicit_sigmas(values, dtype=torch.float64) -> torch.Tensor:
+    """A hand-given grid, checked to be finite, ≥ 0 and strictly decreasing."""
+    sigmas = torch.as_tensor(values, dtype=dtype).flatten()
+    if sigmas.numel() < 2 or not torch.isfinite(sigmas).all() or (sigmas < 0).any() \
+            or not (sigmas[1:] < sigmas[:-1]).all():
+        raise CoefficientError("explicit sigmas must be ≥ 2 finite values ≥ 0, strictly decreasing")
+    return sigmas
+
+
+def base_sigmas(phi: Coefficients, dtype=torch.float64) -> torch.Tensor:
+    """The N+1 base sigmas a Φ's own schedule defines, for schedules that need no model.
+
+    A ``comfy`` schedule is evaluated on the model's ``model_sampling`` by the nodes instead.
+    """
+    kind = phi.schedule["kind"]
+    if kind == "explicit":
+        return phi.sigmas.detach().to(dtype)
+    if kind == "edm":
+        return edm_sigmas(phi.steps, phi.sigma_min, phi.sigma_max, phi.schedule["rho"],
+                          bool(phi.schedule.get("to_zero", False)), dtype=dtype)
+    if kind == "flux":
+        return flux_sigmas(phi.steps, phi.schedule["mu"], dtype=dtype)
+    raise CoefficientError(
+        f"this Φ uses ComfyUI's '{phi.schedule['scheduler']}' scheduler: its sigmas come from the model "
+        "(use the DyWeight Sigmas node, or pass sigmas explicitly)")

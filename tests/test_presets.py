@@ -1,0 +1,59 @@
+"""The preset registry and the shipped Adams–Bashforth presets."""
+
+import torch
+
+from comfyui_dyweight.coefficients import Coefficients, PresetRegistry, adams_bashforth
+from comfyui_dyweight.coefficients.presets import SHIPPED_DIR, SHIPPED_NFE, write_shipped_presets
+
+
+def test_shipped_presets_are_up_to_date(tmp_path):
+    regenerated = write_shipped_presets(tmp_path)
+    for fresh in regenerated:
+        shipped = SHIPPED_DIR / fresh.relative_to(tmp_path)
+        assert shipped.is_file(), f"{shipped} missing: run python -m comfyui_dyweight.coefficients.presets"
+        a, b = Coefficients.load(shipped), Coefficients.load(fresh)
+        assert torch.equal(a.weights, b.weights) and a.metadata() == b.metadata()
+
+
+def test_shipped_presets_cover_nfe_3_to_10_for_eps_and_flow():
+    registry = PresetRegistry()
+    assert registry.available_nfe() == list(range(3, 11))
+    for nfe in SHIPPED_NFE:
+        for prediction, scheduler in (("eps", "karras"), ("v", "karras"), ("flow", "simple")):
+            preset = registry.find("SD15", prediction, nfe)
+            assert preset.path is not None and preset.path.is_relative_to(SHIPPED_DIR)
+            assert preset.coefficients.nfe == nfe and preset.coefficients.schedule["scheduler"] == scheduler
+            assert torch.equal(preset.coefficients.weights, adams_bashforth(nfe).weights.float())
+
+
+def trained(nfe, family, prediction, value=1.0):
+    phi = adams_bashforth(nfe, 2, prediction=prediction, model_family=family, training={"iterations": 10})
+    phi.time_scale = torch.full((nfe,), value)
+    return phi
+
+
+def test_lookup_prefers_user_files_and_exact_family(tmp_path):
+    trained(5, "SD15", "eps", 0.9).save(tmp_path / "sd15-nfe5.safetensors")
+    trained(5, None, "eps", 0.8).save(tmp_path / "eps-nfe5.safetensors")
+    trained(5, "SDXL", "v", 0.7).save(tmp_path / "sdxl-v-nfe5.safetensors")
+    registry = PresetRegistry([tmp_path])
+    assert registry.find("SD15", "eps", 5).path.name == "sd15-nfe5.safetensors"
+    assert registry.find("SD21", "eps", 5).path.name == "eps-nfe5.safetensors"
+    assert registry.find("SDXL", "v", 5).path.name == "sdxl-v-nfe5.safetensors"
+    assert registry.find("SDXL", "eps", 5).path.name == "eps-nfe5.safetensors"  # v-pred Φ never serves eps
+    assert registry.find("SDXL", "flow", 5).path.name == "ab-flow-nfe5.safetensors"
+
+
+def test_fallback_without_any_file_is_adams_bashforth(tmp_path):
+    registry = PresetRegistry([tmp_path], include_shipped=False)
+    preset = registry.find("Flux", "flow", 7)
+    assert preset.path is None and "Adams–Bashforth" in preset.label
+    assert torch.equal(preset.coefficients.weights, adams_bashforth(7).weights)
+    assert preset.coefficients.schedule == {"kind": "comfy", "scheduler": "simple"}
+
+
+def test_unreadable_user_file_is_skipped_not_fatal(tmp_path, caplog):
+    (tmp_path / "broken.safetensors").write_bytes(b"\x80\x04garbage")
+    registry = PresetRegistry([tmp_path])
+    assert registry.find("SD15", "eps", 4).path.parent.name == "adams_bashforth"
+    assert "broken.safetensors" in caplog.text

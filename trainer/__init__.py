@@ -1,0 +1,1 @@
+"""Distillation of Φ from a many-step teacher (paper Algorithm 1)."""

@@ -1,0 +1,92 @@
+"""Analytic denoisers: data distributions whose posterior mean E[x0 | x_σ] is exact.
+
+Used to test and benchmark solvers and the trainer without a neural network: for a Gaussian
+mixture the denoiser is exact, so the probability-flow ODE (Karras et al. 2022, Eq. 3,
+dx/dσ = (x − D(x, σ))/σ) can be solved to near machine precision and every error a few-step solver
+makes is its own truncation error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class GaussianMixture:
+    """Isotropic Gaussian mixture in ℝ^d: Σ_c π_c N(μ_c, τ² I), in VE form x_σ = x0 + σ ε.
+
+    ``means`` is [C, d]; ``weights`` [C] (normalised here); ``std`` is τ.
+    """
+
+    means: torch.Tensor
+    weights: torch.Tensor
+    std: float
+
+    def __post_init__(self):
+        self.weights = self.weights / self.weights.sum()
+
+    @classmethod
+    def seeded(cls, dim: int = 8, components: int = 4, std: float = 0.3, seed: int = 0,
+               dtype=torch.float64) -> "GaussianMixture":
+        """A reproducible random mixture with well-separated means (a multimodal, curved ODE)."""
+        generator = torch.Generator().manual_seed(seed)
+        means = torch.randn(components, dim, generator=generator, dtype=dtype)
+        weights = torch.rand(components, generator=generator, dtype=dtype) + 0.5
+        return cls(means, weights, std)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """E[x0 | x_σ = x] for a batch x [B, d] and a scalar or per-sample σ."""
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)  # [B or 1, 1]
+        means = self.means.to(x)
+        variance = self.std ** 2 + sigma ** 2
+        squared = ((x[:, None, :] - means[None]) ** 2).sum(-1)  # [B, C]
+        responsibility = torch.softmax(torch.log(self.weights.to(x))[None] - squared / (2 * variance), dim=1)
+        shrink = (self.std ** 2 / variance)[..., None]
+        component_means = means[None] + shrink * (x[:, None, :] - means[None])  # [B, C, d]
+        return (responsibility[..., None] * component_means).sum(1)
+
+    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Draws from the data distribution (for checks of the model itself)."""
+        component = torch.multinomial(self.weights, count, replacement=True, generator=generator)
+        noise = torch.randn(count, self.dim, generator=generator, dtype=self.means.dtype)
+        return self.means[component] + self.std * noise
+
+    def ode_solution(self, x: torch.Tensor, sigma_from: float, sigma_to: float, steps: int = 2000) -> torch.Tensor:
+        """The probability-flow ODE solved from σ_from to σ_to by RK4 in log σ (error ≲ 1e-12 at 2000 steps).
+
+        ``sigma_to = 0`` integrates to 1e-6 and then takes the exact limit x0 = D(x, σ → 0).
+        """
+        end = max(sigma_to, 1e-6)
+        grid = torch.exp(torch.linspace(torch.log(torch.tensor(float(sigma_from))), torch.log(torch.tensor(end)),
+                                        steps + 1, dtype=torch.float64))
+        state = x.to(torch.float64)
+
+        def slope(value, log_sigma):  # dx/d log σ = x − D(x, σ)
+            return value - self.denoise(value, torch.exp(log_sigma))
+
+        for lo_now, lo_next in zip(torch.log(grid[:-1]), torch.log(grid[1:])):
+            h = lo_next - lo_now
+            k1 = slope(state, lo_now)
+            k2 = slope(state + h / 2 * k1, lo_now + h / 2)
+            k3 = slope(state + h / 2 * k2, lo_now + h / 2)
+            k4 = slope(state + h * k3, lo_next)
+            state = state + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        if sigma_to == 0:
+            state = self.denoise(state, torch.tensor(end, dtype=torch.float64))
+        return state.to(x.dtype)
+
+
+def gaussian_denoiser(data_std: float):
+    """D(x, σ) = x·c²/(σ² + c²): the exact denoiser for zero-mean Gaussian data with std c (DESIGN §3)."""
+    variance = data_std ** 2
+
+    def denoise(x, sigma):
+        return x * variance / (sigma ** 2 + variance)
+
+    return denoise
