@@ -57,7 +57,8 @@ def load_coefficients(path) -> Coefficients:
 
 
 def _read_header(path: Path, raw: bytes) -> dict:
-    if raw.startswith(_PICKLE_OR_TORCH_SAVE):
+    plausible_header = len(raw) >= 9 and raw[8:9] == b"{" and struct.unpack("<Q", raw[:8])[0] <= len(raw) - 8
+    if not plausible_header and raw.startswith(_PICKLE_OR_TORCH_SAVE):
         raise CoefficientFileError(
             path, "pickle",
             "this is a Python pickle / torch.save archive, not a safetensors file. DyWeight never unpickles "

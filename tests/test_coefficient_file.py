@@ -91,6 +91,18 @@ def test_pickle_renamed_to_safetensors_is_refused_without_unpickling(tmp_path):
     expect(path, "pickle", "never unpickles")
 
 
+def test_valid_file_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    """A header of 0x..80 bytes makes the file start with b"\\x80", a pickle's first byte."""
+    for padding in range(300):
+        phi = adams_bashforth(4, training={"note": "x" * padding})
+        path = tmp_path / f"phi{padding}.safetensors"
+        phi.save(path)
+        if path.read_bytes()[:1] == b"\x80":
+            assert torch.equal(Coefficients.load(path).weights, phi.weights.float())
+            return
+    pytest.fail("no padding produced a header length ending in 0x80")
+
+
 def test_torch_save_archive_is_refused(tmp_path):
     path = tmp_path / "archive.safetensors"
     torch.save({"weights": torch.ones(2, 2)}, path)
