@@ -93,9 +93,14 @@ class PresetRegistry:
         """The NFE values some Φ exists for (the KSampler (DyWeight) dropdown)."""
         return sorted({preset.coefficients.nfe for preset in self.presets()} | set(SHIPPED_NFE))
 
-    def find(self, model_family: Optional[str], prediction: Optional[str], nfe: int) -> Preset:
-        """The best Φ for this model and NFE, or the Adams–Bashforth fallback (see module docstring)."""
-        candidates = [p for p in self.presets() if p.coefficients.nfe == nfe]
+    def find(self, model_family: Optional[str], prediction: Optional[str], nfe: int,
+             steps: Optional[int] = None) -> Preset:
+        """The best Φ for this model and NFE, or the Adams–Bashforth fallback (see module docstring).
+
+        ``steps`` additionally requires N = steps (the stock KSampler path, whose sigmas fix N).
+        """
+        candidates = [p for p in self.presets()
+                      if p.coefficients.nfe == nfe and (steps is None or p.coefficients.steps == steps)]
         for wanted in ((model_family, prediction), (None, prediction), (None, None)):
             for preset in candidates:
                 if (preset.coefficients.model_family, preset.coefficients.prediction) == wanted:

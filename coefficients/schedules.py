@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .errors import CoefficientError
@@ -46,19 +48,23 @@ def explicit_sigmas(values, dtype=torch.float64) -> torch.Tensor:
     return sigmas
 
 
-def base_sigmas(phi: Coefficients, dtype=torch.float64) -> torch.Tensor:
-    """The N+1 base sigmas a Φ's own schedule defines, for schedules that need no model.
+def base_sigmas(phi: Coefficients, steps: Optional[int] = None, dtype=torch.float64) -> torch.Tensor:
+    """The base sigmas of a Φ's own schedule for ``steps`` steps (default N), for schedules needing no model.
 
-    A ``comfy`` schedule is evaluated on the model's ``model_sampling`` by the nodes instead.
+    An explicit grid exists for N steps only. A ``comfy`` schedule is evaluated on the model's
+    ``model_sampling`` by the nodes instead.
     """
+    steps = phi.steps if steps is None else steps
     kind = phi.schedule["kind"]
     if kind == "explicit":
+        if steps != phi.steps:
+            raise CoefficientError(f"this Φ's explicit grid has {phi.steps} steps, not {steps}")
         return phi.sigmas.detach().to(dtype)
     if kind == "edm":
-        return edm_sigmas(phi.steps, phi.sigma_min, phi.sigma_max, phi.schedule["rho"],
+        return edm_sigmas(steps, phi.sigma_min, phi.sigma_max, phi.schedule["rho"],
                           bool(phi.schedule.get("to_zero", False)), dtype=dtype)
     if kind == "flux":
-        return flux_sigmas(phi.steps, phi.schedule["mu"], dtype=dtype)
+        return flux_sigmas(steps, phi.schedule["mu"], dtype=dtype)
     raise CoefficientError(
         f"this Φ uses ComfyUI's '{phi.schedule['scheduler']}' scheduler: its sigmas come from the model "
         "(use the DyWeight Sigmas node, or pass sigmas explicitly)")

@@ -1,0 +1,144 @@
+"""KSampler (DyWeight), DyWeight Sampler and DyWeight Sigmas."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..coefficients import Coefficients
+from .folders import preset_registry
+from .model_facts import bind_to_model, facts_from_patcher
+from .phi_json import phi_to_json
+from .sampler import sample_dyweight
+from .schedule import phi_sigmas
+
+LOG = logging.getLogger("comfyui_dyweight")
+CATEGORY = "sampling/dyweight"
+COEFFICIENTS = "DYWEIGHT_COEFFICIENTS"
+COEFFICIENTS_TOOLTIP = ("Optional DyWeight coefficients (Φ) from Load DyWeight Coefficients or the trainer; "
+                        "when connected they replace the preset and their NFE replaces `steps`.")
+
+
+def nfe_choices() -> list:
+    return [str(nfe) for nfe in preset_registry().available_nfe()]
+
+
+def steps_input() -> tuple:
+    choices = nfe_choices()
+    default = "5" if "5" in choices else choices[0]
+    return (choices, {"default": default, "tooltip": "Model calls (NFE). The list shows the NFE values that "
+                                                     "coefficients exist for; others fall back to Adams–Bashforth."})
+
+
+def coefficients_for(model, steps, coefficients: Coefficients | None):
+    """(model facts, the Φ bound to the model) — connected Φ, or the preset for (family, prediction, NFE)."""
+    facts = facts_from_patcher(model)
+    if coefficients is None:
+        preset = preset_registry().find(facts.family, facts.prediction, int(steps))
+        LOG.info("DyWeight: %s, %s, NFE %s: using %s", facts.family, facts.prediction, steps, preset.label)
+        coefficients = preset.coefficients
+    elif str(coefficients.nfe) != str(steps):
+        LOG.info("DyWeight: connected coefficients have NFE %d; `steps` (%s) is ignored", coefficients.nfe, steps)
+    return facts, bind_to_model(coefficients, facts)
+
+
+def dyweight_sampler_object(coefficients: Coefficients | None):
+    options = {} if coefficients is None else {"coefficients": coefficients}
+    return comfy.samplers.KSAMPLER(sample_dyweight, extra_options=options)
+
+
+def sample_custom(model, seed, cfg, positive, negative, latent, sampler, sigmas):
+    """What the stock SamplerCustom node does with add_noise on (same noise per seed, preview, progress)."""
+    latent_image = latent["samples"]
+    if hasattr(comfy.sample, "fix_empty_latent_channels"):
+        latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image)
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    samples = comfy.sample.sample_custom(
+        model, noise, cfg, sampler, sigmas, positive, negative, latent_image, noise_mask=latent.get("noise_mask"),
+        callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = latent.copy()
+    out["samples"] = samples
+    return out
+
+
+class KSamplerDyWeight:
+    DESCRIPTION = ("Samples with DyWeight, a learned multistep solver: good images in 3–10 model calls. "
+                   "Picks the best coefficients known for the model (or uses the connected ones) and the "
+                   "sigma schedule they were made for. denoise < 1 runs the last part of that schedule, as "
+                   "the stock KSampler does.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The denoised latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model used for denoising the input latent."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
+                                 "tooltip": "The random seed used for creating the noise."}),
+                "steps": steps_input(),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Classifier-free guidance scale (coefficients are best at the CFG "
+                                             "they were trained with)."}),
+                "positive": ("CONDITIONING", {"tooltip": "What to include in the image."}),
+                "negative": ("CONDITIONING", {"tooltip": "What to exclude from the image."}),
+                "latent_image": ("LATENT", {"tooltip": "The latent image to denoise."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "1.0 for text-to-image; lower keeps more of the input latent "
+                                                 "(the last part of the schedule is run)."}),
+            },
+            "optional": {"coefficients": (COEFFICIENTS, {"tooltip": COEFFICIENTS_TOOLTIP})},
+        }
+
+    def sample(self, model, seed, steps, cfg, positive, negative, latent_image, denoise=1.0, coefficients=None):
+        facts, phi = coefficients_for(model, steps, coefficients)
+        sigmas = phi_sigmas(phi, facts, denoise)
+        latent = sample_custom(model, seed, cfg, positive, negative, latent_image, dyweight_sampler_object(phi), sigmas)
+        return {"ui": {"dyweight_phi": [phi_to_json(phi)]}, "result": (latent,)}
+
+
+class DyWeightSampler:
+    DESCRIPTION = ("The DyWeight sampler for SamplerCustom / SamplerCustomAdvanced. Without coefficients it "
+                   "uses the preset for the model and the number of sigmas it is given.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    OUTPUT_TOOLTIPS = ("A SAMPLER running the DyWeight update rule.",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": {"coefficients": (COEFFICIENTS, {"tooltip": COEFFICIENTS_TOOLTIP})}}
+
+    def get_sampler(self, coefficients=None):
+        return (dyweight_sampler_object(coefficients),)
+
+
+class DyWeightSigmas:
+    DESCRIPTION = "The sigmas a DyWeight Φ was made for, evaluated on this model (shift patches apply)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SIGMAS",)
+    OUTPUT_TOOLTIPS = ("N+1 sigmas for N steps, for SamplerCustom with DyWeight Sampler.",)
+    FUNCTION = "get_sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model whose noise schedule (model_sampling) is used."}),
+                "steps": steps_input(),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Below 1.0, the last part of the schedule (img2img)."}),
+            },
+            "optional": {"coefficients": (COEFFICIENTS, {"tooltip": COEFFICIENTS_TOOLTIP})},
+        }
+
+    def get_sigmas(self, model, steps, denoise=1.0, coefficients=None):
+        facts, phi = coefficients_for(model, steps, coefficients)
+        return (phi_sigmas(phi, facts, denoise),)

@@ -1,0 +1,33 @@
+"""The sigmas that belong to a Φ on a given model (DyWeight Sigmas and KSampler (DyWeight))."""
+
+from __future__ import annotations
+
+import torch
+
+from ..coefficients import Coefficients, base_sigmas
+from .model_facts import ModelFacts, comfy_sigmas
+
+
+def _grid(phi: Coefficients, facts: ModelFacts, steps: int) -> torch.Tensor:
+    if phi.schedule["kind"] == "comfy":
+        return comfy_sigmas(facts.model_sampling, phi.schedule["scheduler"], steps).float().cpu()
+    return base_sigmas(phi, steps).float()
+
+
+def phi_sigmas(phi: Coefficients, facts: ModelFacts, denoise: float = 1.0) -> torch.Tensor:
+    """The N+1 sigmas Φ runs on for this model.
+
+    ``denoise < 1`` behaves as in the stock KSampler: the Φ's schedule is evaluated for
+    int(N / denoise) steps and its last N+1 sigmas are used (img2img starts part-way down; the
+    sampler then replaces an analytical first step by a model call, see ``sample_dyweight``).
+    A Φ on a fixed, explicit grid cannot be stretched and refuses ``denoise < 1``.
+    """
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    if denoise >= 0.9999:
+        return _grid(phi, facts, phi.steps)
+    if phi.schedule["kind"] == "explicit":
+        raise ValueError("this Φ was trained on a fixed sigma grid and cannot run with denoise < 1; "
+                         "use denoise 1.0 or a Φ with a ComfyUI schedule")
+    total = max(phi.steps, int(phi.steps / denoise))
+    return _grid(phi, facts, total)[-(phi.steps + 1):]

@@ -1,0 +1,79 @@
+"""A real headless ComfyUI server with the pack: API workflows with our nodes, and bad input as node errors."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+import comfy_host
+from comfy_server import run_server
+from comfyui_dyweight.coefficients import adams_bashforth
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def text_to_image(sampler_node: dict) -> dict:
+    """checkpoint → prompts → empty latent → `sampler_node` (id 5, may use node 9) → decode → save."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": comfy_host.TINY_CHECKPOINT_NAME}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": sampler_node,
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "dyweight"}},
+    }
+
+
+def ksampler_dyweight(**coefficients) -> dict:
+    return {"class_type": "KSamplerDyWeight", "inputs": {
+        "model": ["1", 0], "seed": 3, "steps": "4", "cfg": 5.0, "positive": ["2", 0], "negative": ["3", 0],
+        "latent_image": ["4", 0], "denoise": 1.0, **coefficients}}
+
+
+def wait_for_failure(server, prompt_id, timeout=120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.history(prompt_id)
+        if entry is not None:
+            status = entry.get("status") or {}
+            assert status.get("status_str") == "error", f"expected the prompt to fail: {status}"
+            errors = [m[1] for m in status.get("messages", []) if m and m[0] == "execution_error"]
+            return " ".join(str(e.get("exception_message", "")) for e in errors)
+        time.sleep(0.25)
+    server.fail(f"prompt {prompt_id} did not finish within {timeout:.0f}s")
+
+
+def test_server_runs_our_nodes_and_survives_a_bad_coefficient_file(host, tmp_path):
+    base = tmp_path / "server"
+    comfy_host.write_tiny_checkpoint(base / "models")
+    folder = base / "models" / "dyweight"
+    folder.mkdir(parents=True)
+    adams_bashforth(4, 3, prediction="eps", model_family="SD15").save(folder / "mine-nfe4.safetensors")
+    (folder / "corrupt.safetensors").write_bytes(b"\x80\x04 a pickle pretending to be coefficients")
+
+    with run_server(base, custom_nodes=[REPO], timeout=180) as server:
+        info = server.object_info()
+        if "KSamplerDyWeight" not in info:
+            server.fail("the pack's nodes were not registered by the server")
+        assert "dyweight" in info["KSampler"]["input"]["required"]["sampler_name"][0]
+        listed = info["DyWeightLoadCoefficients"]["input"]["required"]["coefficients"][0]
+        if "mine-nfe4.safetensors" not in listed:
+            pytest.skip(f"this host does not read models/dyweight under the test's base directory ({listed[:3]}…)")
+
+        with_file = text_to_image(ksampler_dyweight(coefficients=["9", 0]))
+        with_file["9"] = {"class_type": "DyWeightLoadCoefficients", "inputs": {"coefficients": "mine-nfe4.safetensors"}}
+        entry = server.wait(server.post_prompt(with_file), timeout=180)
+        assert [f for f in server.output_files(entry) if f.is_file()], entry
+        assert entry["outputs"]["9"]["dyweight_phi"][0]["nfe"] == 4
+
+        broken = text_to_image(ksampler_dyweight(coefficients=["9", 0]))
+        broken["9"] = {"class_type": "DyWeightLoadCoefficients", "inputs": {"coefficients": "corrupt.safetensors"}}
+        message = wait_for_failure(server, server.post_prompt(broken))
+        assert "corrupt.safetensors" in message and "pickle" in message
+
+        stock = text_to_image({"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 3, "steps": 4, "cfg": 5.0, "sampler_name": "dyweight", "scheduler": "karras",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}})
+        entry = server.wait(server.post_prompt(stock), timeout=180)  # still serving after the failure
+        assert [f for f in server.output_files(entry) if f.is_file()], entry

@@ -1,0 +1,206 @@
+// The extension entry (web/dyweight.js) against stand-ins for the front end's app/api modules and the DOM:
+// it is copied to <tmp>/extensions/dyweight/ beside a <tmp>/scripts/{app,api}.js that hand out fakes.
+import test from "node:test";
+import assert from "node:assert/strict";
+import { cpSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { fixture, recordingContext } from "./helpers.mjs";
+
+const WEB = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+function copyExtension(withHost) {
+  const root = mkdtempSync(join(tmpdir(), "dyweight-ext-"));
+  const target = join(root, "extensions", "dyweight");
+  mkdirSync(target, { recursive: true });
+  cpSync(join(WEB, "dyweight.js"), join(target, "dyweight.js"));
+  cpSync(join(WEB, "lib"), join(target, "lib"), { recursive: true });
+  if (withHost) {
+    mkdirSync(join(root, "scripts"));
+    writeFileSync(join(root, "scripts", "app.js"), "export const app = globalThis.__fakeComfy.app;\n");
+    writeFileSync(join(root, "scripts", "api.js"), "export const api = globalThis.__fakeComfy.api;\n");
+  }
+  return pathToFileURL(join(target, "dyweight.js")).href;
+}
+
+function captureConsole() {
+  const seen = { warn: [], error: [] };
+  const saved = { warn: console.warn, error: console.error };
+  console.warn = (...args) => seen.warn.push(args.join(" "));
+  console.error = (...args) => seen.error.push(args.join(" "));
+  return { seen, restore: () => Object.assign(console, saved) };
+}
+
+const tick = () => new Promise((resolve) => setTimeout(resolve, 5));
+
+test("without a ComfyUI front end the module loads quietly (no error, nothing registered)", async () => {
+  const { seen, restore } = captureConsole();
+  try {
+    const module = await import(copyExtension(false));
+    assert.ok(module.dyweightFrontend);
+  } finally {
+    restore();
+  }
+  assert.deepEqual(seen.error, []);
+  assert.equal(seen.warn.length, 1);
+  assert.match(seen.warn[0], /work without their charts/);
+});
+
+function fakeDom() {
+  globalThis.document = {
+    createElement(tag) {
+      const element = {
+        tag, style: {}, children: [], clientWidth: 400, title: "", listeners: {},
+        appendChild(child) { this.children.push(child); },
+        addEventListener(name, fn) { this.listeners[name] = fn; },
+        getBoundingClientRect: () => ({ left: 0, top: 0, width: 400, height: 300 }),
+      };
+      if (tag === "canvas") {
+        element.context = recordingContext();
+        element.getContext = () => element.context;
+      }
+      return element;
+    },
+  };
+}
+
+function fakeHost(routes) {
+  const fetched = [];
+  const listeners = {};
+  const app = {
+    extensions: [],
+    registerExtension(extension) { this.extensions.push(extension); },
+    graph: { setDirtyCanvas() {} },
+  };
+  const api = {
+    async fetchApi(route) {
+      fetched.push(route);
+      const [status, body] = routes(route);
+      return { ok: status === 200, status, json: async () => body };
+    },
+    addEventListener(name, fn) { listeners[name] = fn; },
+  };
+  globalThis.__fakeComfy = { app, api };
+  return { app, api, fetched, listeners };
+}
+
+function nodeClass(widgets) {
+  return class FakeNode {
+    constructor() {
+      this.id = 7;
+      this.size = [300, 120];
+      this.widgets = widgets.map((w) => ({ ...w }));
+      this.inputs = [{ name: "coefficients", link: null }];
+      this.outputs = [];
+      this.graph = { links: {}, getNodeById: () => null };
+    }
+    addDOMWidget(name, type, element, options) {
+      const widget = { name, type, element, options };
+      this.widgets.push(widget);
+      return widget;
+    }
+    computeSize() { return [300, 120 + (this.widgets.at(-1).options?.getMinHeight?.() ?? 0)]; }
+    setSize(size) { this.size = size; }
+  };
+}
+
+test("with the front end: charts on the three nodes, fed by the routes, onExecuted and messages", async () => {
+  fakeDom();
+  const ab = fixture("phi_ab_nfe5.json");
+  const trained = fixture("phi_trained.json");
+  const host = fakeHost((route) => {
+    if (route === "/dyweight/coefficients/shipped/adams_bashforth/ab-nfe5.safetensors") return [200, ab];
+    if (route.startsWith("/dyweight/preset?nfe=5")) return [200, ab];
+    if (route === "/dyweight/coefficients/my%20files/broken%23.safetensors") return [422, { error: "truncated download?" }];
+    if (route === "/dyweight/training") {
+      return [200, { jobs: [{ node: "17", status: "done" }, { node: "7", status: "train", nfe: 5, iteration: 5, iterations: 10, loss: 0.2,
+        eta_s: 10, series: { 5: { train: [[5, 0.2]], val: [], best: null } }, table: [], age_s: 1 }] }];
+    }
+    return [404, { error: "nope" }];
+  });
+  const { seen, restore } = captureConsole();
+  try {
+    await import(copyExtension(true));
+    assert.equal(host.app.extensions.length, 1);
+    const extension = host.app.extensions[0];
+    assert.equal(extension.name, "DyWeight.Frontend");
+    await extension.setup();
+    assert.equal(typeof host.listeners["dyweight.training"], "function");
+
+    // Load DyWeight Coefficients
+    const Loader = nodeClass([{ name: "coefficients", value: "shipped/adams_bashforth/ab-nfe5.safetensors" }]);
+    await extension.beforeRegisterNodeDef(Loader, { name: "DyWeightLoadCoefficients" });
+    const loader = new Loader();
+    loader.onNodeCreated();
+    await tick();
+    assert.deepEqual(host.fetched, ["/dyweight/coefficients/shipped/adams_bashforth/ab-nfe5.safetensors"]);
+    const panel = loader.dyweightPanel;
+    assert.equal(panel.view.ok, true);
+    assert.equal(panel.view.origin, "file");
+    assert.equal(panel.widget.serialize, false);
+    assert.ok(loader.size[0] >= 380 && loader.size[1] >= panel.height);
+    assert.ok(panel.canvas.context.calls.some((c) => c.op === "fillText" && c.args[0] === "\u03a3w time shift"));
+
+    const combo = loader.widgets.find((w) => w.name === "coefficients");
+    combo.value = "my files/broken#.safetensors";
+    combo.callback(combo.value);
+    await tick();
+    assert.equal(host.fetched.at(-1), "/dyweight/coefficients/my%20files/broken%23.safetensors");
+    assert.equal(panel.view, null);
+    assert.match(panel.message, /truncated download/);
+
+    loader.onExecuted({ dyweight_phi: [trained], text: ["..."] });
+    assert.equal(panel.view.origin, "last run");
+    assert.equal(panel.view.trained, true);
+    loader.onExecuted({ images: [] }); // other UI output leaves the chart alone
+    assert.equal(panel.view.trained, true);
+
+    // KSampler (DyWeight): the preset for the selected NFE
+    const Sampler = nodeClass([{ name: "steps", value: "5" }]);
+    await extension.beforeRegisterNodeDef(Sampler, { name: "KSamplerDyWeight" });
+    const sampler = new Sampler();
+    sampler.onNodeCreated();
+    await tick();
+    assert.equal(host.fetched.at(-1), "/dyweight/preset?nfe=5");
+    assert.equal(sampler.dyweightPanel.view.origin, "preset before run");
+    sampler.inputs[0].link = 3; // connected to something that is not a loader
+    sampler.onConnectionsChange();
+    await tick();
+    assert.match(sampler.dyweightPanel.message, /after the next run/);
+
+    // Train DyWeight Coefficients: restore from the route, then live messages
+    const Trainer = nodeClass([]);
+    await extension.beforeRegisterNodeDef(Trainer, { name: "DyWeightTrain" });
+    const trainer = new Trainer();
+    trainer.onNodeCreated();
+    await tick();
+    const training = trainer.dyweightTraining;
+    assert.equal(training.entry.state.iteration, 5);
+    host.listeners["dyweight.training"]({ detail: { node: "7", kind: "train", nfe: 5, iteration: 6, iterations: 10, loss: 0.15, eta_s: 8 } });
+    host.listeners["dyweight.training"]({ detail: { node: "8", kind: "train", nfe: 5, iteration: 99, iterations: 100, loss: 0.1 } });
+    assert.equal(training.entry.state.iteration, 6);
+    assert.deepEqual(training.entry.state.series["5"].train, [[5, 0.2], [6, 0.15]]);
+    host.listeners["dyweight.training"]({ detail: { node: "7", kind: "done", nfe: 5, table: [{ solver: "dyweight", nfe: 5, rmse: 0.1 }] } });
+    await tick();
+    assert.equal(training.view().headline, "Done \u00b7 NFE 5");
+    assert.ok(training.canvas.context.calls.some((c) => c.op === "fillText" && c.args[0] === "solver"));
+    trainer.onRemoved();
+
+    // other nodes are left alone
+    const Other = nodeClass([]);
+    const before = Other.prototype.onNodeCreated;
+    await extension.beforeRegisterNodeDef(Other, { name: "KSampler" });
+    assert.equal(Other.prototype.onNodeCreated, before);
+    // a front end without addDOMWidget: plain nodes
+    class Bare {}
+    await extension.beforeRegisterNodeDef(Bare, { name: "DyWeightLoadCoefficients" });
+    assert.equal(Bare.prototype.onNodeCreated, undefined);
+  } finally {
+    restore();
+    delete globalThis.document;
+    delete globalThis.__fakeComfy;
+  }
+  assert.deepEqual(seen.error, []);
+  assert.deepEqual(seen.warn, []);
+});
