@@ -19,6 +19,9 @@ def atomic_path(path):
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would make shared model folders unreadable
     try:
         yield Path(temporary)
         with open(temporary, "rb+") as written:

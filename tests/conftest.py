@@ -2,7 +2,14 @@
 import os
 import sys
 
-import pytest
+# The suite's models are tiny: one thread per process is much faster than two threads fighting over
+# two shared cores (and subprocesses, the ComfyUI server included, inherit this).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:

@@ -1,0 +1,100 @@
+"""The validation report of a distillation run: the table as Markdown and JSON, and a loss-curve PNG.
+
+Every figure in the table is the held-out RMSE (per latent element) to the teacher's x0, for the
+trained Φ, its initialisation and each baseline at the same NFE. The PNG needs matplotlib, which is
+optional: without it the plot is skipped with a hint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from ..coefficients.atomic import atomic_path, write_text_atomic
+from .result import DistillResult
+
+
+def ratio_reference(table: list) -> str:
+    """The column the trained Φ is compared with: iPNDM when it is a baseline, else the initialisation."""
+    return "ipndm" if all("ipndm" in row["baselines"] for row in table) and table else "init"
+
+
+def _reference_rmse(row: dict, reference: str) -> Optional[float]:
+    return row["init"] if reference == "init" else row["baselines"][reference]
+
+
+def _figure(value: Optional[float]) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def validation_markdown(table: list) -> str:
+    """A Markdown table: one row per NFE, held-out RMSE to the teacher (lower is better)."""
+    baselines = list(dict.fromkeys(name for row in table for name in row["baselines"]))
+    reference = ratio_reference(table)
+    header = ["NFE", "DyWeight", "init", *baselines, f"DyWeight / {reference}", "iterations", "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table:
+        compared = _reference_rmse(row, reference)
+        ratio = row["dyweight"] / compared if compared else None
+        cells = [str(row["nfe"]), _figure(row["dyweight"]), _figure(row["init"]),
+                 *(_figure(row["baselines"].get(name)) for name in baselines),
+                 _figure(ratio), str(row["iterations"]), row["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def validation_document(result: DistillResult) -> dict:
+    """Everything the JSON report holds: table, timings, notes and the loss histories."""
+    return {"table": result.table, "timings": result.timings, "notes": result.notes,
+            "history": {str(nfe): entries for nfe, entries in result.history.items()}}
+
+
+def write_report(result: DistillResult, folder, name: str) -> list:
+    """Write ``<name>-validation.md``, ``<name>-validation.json`` and ``<name>-loss.png`` (when matplotlib
+    is importable) into ``folder``; return the paths written."""
+    folder = Path(folder)
+    markdown = folder / f"{name}-validation.md"
+    document = folder / f"{name}-validation.json"
+    notes = "".join(f"\n- {note}" for note in result.notes)
+    write_text_atomic(markdown, "Held-out RMSE to the teacher (lower is better).\n\n"
+                      + validation_markdown(result.table) + (f"\nNotes:{notes}\n" if notes else ""))
+    write_text_atomic(document, json.dumps(validation_document(result), indent=1) + "\n")
+    written = [markdown, document]
+    plot = folder / f"{name}-loss.png"
+    if plot_losses(result.history, plot):
+        written.append(plot)
+    return written
+
+
+def plot_losses(history: dict, path) -> bool:
+    """Train (per batch, as RMSE) and held-out RMSE against iteration, one panel per NFE.
+
+    Returns False, after printing a hint, when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"(matplotlib is not installed: skipped the loss plot {path}; `pip install matplotlib` to get it)")
+        return False
+    figure, axes = plt.subplots(1, max(1, len(history)), figsize=(4.5 * max(1, len(history)), 3.5),
+                                squeeze=False, sharey=True)
+    for axis, (nfe, entries) in zip(axes[0], sorted(history.items())):
+        if entries["train"]:
+            steps, losses = zip(*entries["train"])
+            axis.plot(steps, [math.sqrt(loss) for loss in losses], lw=0.8, alpha=0.6, label="train (batch)")
+        if entries["validation"]:
+            steps, rmse = zip(*entries["validation"])
+            axis.plot(steps, rmse, marker="o", ms=3, label="held-out")
+        axis.set(title=f"NFE {nfe}", xlabel="iteration", yscale="log")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("RMSE to teacher")
+    axes[0][0].legend()
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    plt.close(figure)
+    return True
