@@ -9,6 +9,7 @@ from .load_node import DyWeightLoadCoefficients
 from .routes import register_routes
 from .sampler import register_sampler
 from .sampling_nodes import DyWeightSampler, DyWeightSigmas, KSamplerDyWeight
+from .train_node import DyWeightTrain
 
 register_folder()
 register_sampler()
@@ -19,10 +20,12 @@ NODE_CLASS_MAPPINGS = {
     "DyWeightSampler": DyWeightSampler,
     "DyWeightSigmas": DyWeightSigmas,
     "DyWeightLoadCoefficients": DyWeightLoadCoefficients,
+    "DyWeightTrain": DyWeightTrain,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "KSamplerDyWeight": "KSampler (DyWeight)",
     "DyWeightSampler": "DyWeight Sampler",
     "DyWeightSigmas": "DyWeight Sigmas",
     "DyWeightLoadCoefficients": "Load DyWeight Coefficients",
+    "DyWeightTrain": "Train DyWeight Coefficients",
 }

@@ -18,7 +18,7 @@ import comfy.samplers
 
 from ..coefficients import Coefficients, dyweight_sample
 from .folders import preset_registry
-from .model_facts import bind_to_model, facts_from_sampler_model
+from ..host.model_facts import bind_to_model, facts_from_sampler_model
 
 LOG = logging.getLogger("comfyui_dyweight")
 SAMPLER_NAME = "dyweight"

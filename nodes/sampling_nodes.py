@@ -11,7 +11,7 @@ import latent_preview
 
 from ..coefficients import Coefficients
 from .folders import preset_registry
-from .model_facts import bind_to_model, facts_from_patcher
+from ..host.model_facts import bind_to_model, facts_from_patcher
 from .phi_json import phi_to_json
 from .sampler import sample_dyweight
 from .schedule import phi_sigmas

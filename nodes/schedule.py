@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..coefficients import Coefficients, base_sigmas
-from .model_facts import ModelFacts, comfy_sigmas
+from ..host.model_facts import ModelFacts, comfy_sigmas
 
 
 def _grid(phi: Coefficients, facts: ModelFacts, steps: int) -> torch.Tensor:

@@ -128,7 +128,7 @@ def test_partial_denoise_runs_the_tail_of_the_schedule(dw, tiny_sd15, conditioni
     gentle = ksampler_dyweight(dw, tiny_sd15, conditioning, denoise=0.3, latent=start)
     full = ksampler_dyweight(dw, tiny_sd15, conditioning, denoise=1.0, latent=start)
     assert (gentle - start["samples"]).abs().mean() < (full - start["samples"]).abs().mean()
-    model_sampling = dw.model_facts.facts_from_patcher(tiny_sd15)
+    model_sampling = importlib.import_module("comfyui_dyweight.host.model_facts").facts_from_patcher(tiny_sd15)
     (sigmas,) = dw.DyWeightSigmas().get_sigmas(tiny_sd15, "5", denoise=0.5)
     (reference,) = dw.DyWeightSigmas().get_sigmas(tiny_sd15, "10")
     assert len(sigmas) == 6 and float(sigmas[0]) < 0.9 * model_sampling.sigma_max

@@ -95,3 +95,11 @@ def bind_to_model(phi: Coefficients, facts: ModelFacts) -> Coefficients:
     if phi.prediction is None:
         phi = dataclasses.replace(phi, prediction=facts.prediction)
     return phi
+
+
+def latent_channels(model_patcher) -> int:
+    """Channels of the model's latent (2024 hosts' latent formats don't say; their UNet config does)."""
+    latent_format = model_patcher.model.latent_format
+    if hasattr(latent_format, "latent_channels"):
+        return int(latent_format.latent_channels)
+    return int(model_patcher.model.model_config.unet_config.get("in_channels", 4))

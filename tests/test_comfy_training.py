@@ -1,0 +1,142 @@
+"""Training through ComfyUI: the adapter and the Train DyWeight Coefficients node on real host models.
+
+Models are built under torch.inference_mode(), as ComfyUI's loader nodes build them, so the tests
+fail if the trainer cannot back-propagate through inference-mode weights.
+"""
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import comfy_host
+from comfyui_dyweight.coefficients import Coefficients
+
+SMALL = dict(teacher="dpmpp_2m", teacher_steps=10, pairs=12, iterations=15, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def inference_mode_model(host):
+    with torch.inference_mode():
+        return comfy_host.tiny_sd15_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def dw(host):
+    return importlib.import_module("comfyui_dyweight.nodes")
+
+
+@pytest.fixture(scope="module")
+def adapter(host):
+    return importlib.import_module("comfyui_dyweight.trainer.comfy_adapter")
+
+
+def two_prompt_target(adapter, model):
+    conditionings = [comfy_host.tiny_sd15_conditioning(batch=1, seed=seed) for seed in (1, 2)]
+    return adapter.ComfyTarget(model, conditionings, cfg=3.0, latent_shape=(4, 8, 8))
+
+
+def test_adapter_distils_a_phi_that_beats_its_initialisation_and_samples(adapter, dw, inference_mode_model, tmp_path):
+    target = two_prompt_target(adapter, inference_mode_model)
+    result = adapter.distill_for_comfy(target, [3], cache_dir=tmp_path, progress=lambda event: None, **SMALL)
+    row = result.table[0]
+    assert row["dyweight"] < row["init"], row
+    assert set(row["baselines"]) >= {"euler", "dpmpp_2m"}
+    phi = result.coefficients[3]
+    assert (phi.model_family, phi.prediction, phi.cfg) == ("SD15", "eps", 3.0)
+    assert phi.schedule == {"kind": "comfy", "scheduler": "karras"}
+    assert phi.training["teacher"] == "comfyui:dpmpp_2m"
+
+    phi.save(tmp_path / "trained.safetensors")
+    positive, negative = target.conditionings[0]
+    sampled = dw.KSamplerDyWeight().sample(inference_mode_model, 1, "3", 3.0, positive, negative,
+                                           comfy_host.empty_latent(1, 64, 64),
+                                           coefficients=Coefficients.load(tmp_path / "trained.safetensors"))
+    assert torch.isfinite(sampled["result"][0]["samples"]).all()
+
+    again = adapter.distill_for_comfy(target, [3], cache_dir=tmp_path, progress=lambda event: None,
+                                      **{**SMALL, "iterations": 1})
+    assert again.timings["teacher_cache_hit"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(host, tmp_path_factory):
+    """The tiny real checkpoint, loaded the way CheckpointLoaderSimple loads it (inference mode)."""
+    import comfy.sd
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    name = comfy_host.write_tiny_checkpoint(folder)
+    with torch.inference_mode():
+        model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(folder / "checkpoints" / name),
+                                                                  output_vae=False, output_clip=True)
+    return model, clip
+
+
+@pytest.fixture
+def dyweight_folder(tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "dyweight", ([str(tmp_path)], {".safetensors"}))
+    if hasattr(folder_paths, "filename_list_cache"):
+        monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    return tmp_path
+
+
+def train_node_inputs(model, clip, **changes):
+    inputs = dict(model=model, clip=clip, prompts="a red cube\n\na blue sphere\n", negative="blurry", cfg=4.0,
+                  width=64, height=64, steps=3, pairs=8, iterations=6, teacher_sampler="euler", teacher_steps=10,
+                  seed=0, file_name="tiny", unique_id="42")
+    inputs.update(changes)
+    return inputs
+
+
+def test_train_node_saves_phi_reports_progress_and_feeds_ksampler(dw, checkpoint, dyweight_folder):
+    from comfyui_dyweight.nodes.training_events import training_state
+
+    model, clip = checkpoint
+    with torch.inference_mode():  # as ComfyUI executes nodes
+        output = dw.DyWeightTrain().train(**train_node_inputs(model, clip))
+    phi = output["result"][0]
+    saved = Coefficients.load(dyweight_folder / "tiny-nfe3.safetensors")
+    assert torch.equal(saved.weights, phi.detached().weights)
+    assert saved.training["prompts"] == ["a red cube", "a blue sphere"] and saved.cfg == 4.0
+    assert "tiny-nfe3.safetensors" in dw.DyWeightLoadCoefficients.INPUT_TYPES()["required"]["coefficients"][0]
+    state = training_state("42")
+    assert state["status"] == "done" and state["table"]
+    assert "DyWeight" in output["ui"]["text"][0] and "| 3 |" in output["ui"]["text"][0]  # the validation table
+
+    import nodes as host_nodes
+    positive = host_nodes.CLIPTextEncode().encode(clip, "a red cube")[0] if hasattr(host_nodes, "CLIPTextEncode") else None
+    with torch.inference_mode():
+        sampled = dw.KSamplerDyWeight().sample(model, 0, "3", 4.0, positive, positive,
+                                               comfy_host.empty_latent(1, 64, 64), coefficients=phi)
+    assert torch.isfinite(sampled["result"][0]["samples"]).all()
+
+
+def test_cancel_keeps_the_best_phi_so_far(dw, checkpoint, dyweight_folder, monkeypatch):
+    import comfy.model_management
+
+    model, clip = checkpoint
+    events = []
+    original = dw.train_node.TrainingProgress.__call__
+
+    def record(progress, event):
+        events.append(event["kind"])
+        original(progress, event)
+
+    monkeypatch.setattr(dw.train_node.TrainingProgress, "__call__", record)
+    monkeypatch.setattr(comfy.model_management, "processing_interrupted", lambda: events.count("train") >= 4)
+    with pytest.raises(comfy.model_management.InterruptProcessingException), torch.inference_mode():
+        dw.DyWeightTrain().train(**train_node_inputs(model, clip, iterations=50, file_name="cancelled", unique_id="43"))
+    kept = Coefficients.load(dyweight_folder / "cancelled-nfe3.safetensors")
+    assert kept.nfe == 3
+    assert not list(Path(dyweight_folder).glob("*.partial"))
+
+
+def test_train_node_refuses_bad_input_with_clear_messages(dw, checkpoint, dyweight_folder):
+    model, clip = checkpoint
+    with pytest.raises(ValueError, match="at least one prompt"):
+        dw.DyWeightTrain().train(**train_node_inputs(model, clip, prompts="\n  \n"))
+    with pytest.raises(ValueError, match="without folders"):
+        dw.DyWeightTrain().train(**train_node_inputs(model, clip, file_name="../escape"))
