@@ -56,6 +56,12 @@ def resolve_coefficient_name(name: str) -> Path:
     return Path(full)
 
 
+_registries: dict = {}
+
+
 def preset_registry() -> PresetRegistry:
-    """The registry over the user's folders and the shipped presets."""
-    return PresetRegistry(user_folders())
+    """The registry over the user's folders and the shipped presets (kept, so its file cache lives on)."""
+    folders = tuple(user_folders())
+    if folders not in _registries:
+        _registries[folders] = PresetRegistry(folders)
+    return _registries[folders]
