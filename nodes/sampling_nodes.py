@@ -23,6 +23,13 @@ COEFFICIENTS_TOOLTIP = ("Optional DyWeight coefficients (Φ) from Load DyWeight 
                         "when connected they replace the preset and their NFE replaces `steps`.")
 
 
+OPTIONAL_COEFFICIENTS = {"coefficients": (COEFFICIENTS, {"tooltip": COEFFICIENTS_TOOLTIP})}
+
+
+def denoise_input(tooltip: str) -> tuple:
+    return ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": tooltip})
+
+
 def nfe_choices() -> list:
     return [str(nfe) for nfe in preset_registry().available_nfe()]
 
@@ -90,11 +97,10 @@ class KSamplerDyWeight:
                 "positive": ("CONDITIONING", {"tooltip": "What to include in the image."}),
                 "negative": ("CONDITIONING", {"tooltip": "What to exclude from the image."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent image to denoise."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
-                                      "tooltip": "1.0 for text-to-image; lower keeps more of the input latent "
-                                                 "(the last part of the schedule is run)."}),
+                "denoise": denoise_input("1.0 for text-to-image; lower keeps more of the input latent "
+                                         "(the last part of the schedule is run)."),
             },
-            "optional": {"coefficients": (COEFFICIENTS, {"tooltip": COEFFICIENTS_TOOLTIP})},
+            "optional": OPTIONAL_COEFFICIENTS,
         }
 
     def sample(self, model, seed, steps, cfg, positive, negative, latent_image, denoise=1.0, coefficients=None):
@@ -114,7 +120,7 @@ class DyWeightSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}, "optional": {"coefficients": (COEFFICIENTS, {"tooltip": COEFFICIENTS_TOOLTIP})}}
+        return {"required": {}, "optional": OPTIONAL_COEFFICIENTS}
 
     def get_sampler(self, coefficients=None):
         return (dyweight_sampler_object(coefficients),)
@@ -133,10 +139,9 @@ class DyWeightSigmas:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model whose noise schedule (model_sampling) is used."}),
                 "steps": steps_input(),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
-                                      "tooltip": "Below 1.0, the last part of the schedule (img2img)."}),
+                "denoise": denoise_input("Below 1.0, the last part of the schedule (img2img)."),
             },
-            "optional": {"coefficients": (COEFFICIENTS, {"tooltip": COEFFICIENTS_TOOLTIP})},
+            "optional": OPTIONAL_COEFFICIENTS,
         }
 
     def get_sigmas(self, model, steps, denoise=1.0, coefficients=None):
