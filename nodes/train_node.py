@@ -11,8 +11,8 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..host.model_facts import latent_channels
-from ..trainer.comfy_adapter import DEFAULT_TEACHER, DEFAULT_TEACHER_STEPS, ComfyTarget, distill_for_comfy, encode_prompt
+from ..trainer.comfy_adapter import (DEFAULT_TEACHER, DEFAULT_TEACHER_STEPS, ComfyTarget, distill_for_comfy,
+                                     encode_prompt, latent_shape)
 from ..trainer.progress import TrainingInterrupted
 from ..trainer.report import validation_markdown
 from .folders import FOLDER_NAME
@@ -115,12 +115,11 @@ class DyWeightTrain:
         path = output_path(file_name, steps)
         negative_conditioning = encode_prompt(clip, negative)
         target = ComfyTarget(model, [(encode_prompt(clip, text), negative_conditioning) for text in prompt_list], cfg,
-                             (latent_channels(model), height // 8, width // 8))
+                             latent_shape(model, width, height))
         try:
             result = distill_for_comfy(
                 target, [steps], teacher=teacher_sampler, teacher_steps=teacher_steps, pairs=pairs, seed=seed,
                 prompts=prompt_list, iterations=iterations, cache_dir=cache_folder(),
-                divisor="net_sigma" if target.facts().prediction == "flow" else "sigma",
                 progress=TrainingProgress(unique_id, pairs, iterations))
         except TrainingInterrupted as stop:
             self._keep_best(stop, steps, path, unique_id)

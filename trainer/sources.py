@@ -3,19 +3,24 @@
 A source turns command-line options into a :class:`ModelSource` — the denoiser, the noise, the base
 schedule, the cache key and the :class:`Coefficients` fields — so the command itself knows nothing of
 the model behind it. The toy source (a seeded Gaussian mixture with an exact denoiser) makes the command
-runnable end to end without a checkpoint; the ComfyUI source plugs in the same way.
+runnable end to end without a checkpoint. A model that only exists inside a context — ComfyUI's guided
+denoiser lives inside nested sampling calls — is a :class:`DeferredSource`: ``open(body)`` loads it and
+runs ``body`` with the live :class:`ModelSource`. Both are used as ``source.open(body)``, and
+:func:`distill_source` is the one place a live source's fields become :func:`distill` arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Callable, Optional, Sequence, Union
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
 from ..coefficients import edm_sigmas
 from .analytic import GaussianMixture
+from .distill import distill
 from .pairs import NoiseSource
 
 
@@ -23,8 +28,9 @@ from .pairs import NoiseSource
 class ModelSource:
     """Everything :func:`~comfyui_dyweight.trainer.distill` needs about a model.
 
-    ``teacher``/``baselines`` of ``None`` mean the command-line teacher and the built-in baselines;
-    ``divisor`` is the model family's (``net_sigma`` for FLUX); ``checkpointing`` is on for neural models.
+    ``teacher``/``teacher_steps``/``baselines`` of ``None`` mean the command-line teacher and the built-in
+    baselines; ``divisor`` is the model family's (``net_sigma`` for FLUX); ``checkpointing`` is on for
+    neural models. ``default_out``/``default_cache_dir`` are the command's folders when none are given.
     """
 
     name: str
@@ -38,16 +44,50 @@ class ModelSource:
     baselines: Optional[dict] = None
     divisor: str = "sigma"
     checkpointing: bool = False
+    teacher_steps: Optional[int] = None
+    default_out: Optional[Path] = None
+    default_cache_dir: Optional[Path] = None
+
+    def open(self, body: Callable[["ModelSource"], Any]) -> Any:
+        """``body(self)``: this source is live already."""
+        return body(self)
+
+
+@dataclasses.dataclass
+class DeferredSource:
+    """A source whose model exists only inside ``open``: ``opener(body)`` loads the model and returns
+    ``body(live ModelSource)``. What the command needs before loading is known up front: the name (for
+    the file names and the overwrite check) and the default folders."""
+
+    name: str
+    opener: Callable[[Callable[[ModelSource], Any]], Any]
+    default_out: Optional[Path] = None
+    default_cache_dir: Optional[Path] = None
+
+    def open(self, body: Callable[[ModelSource], Any]) -> Any:
+        return self.opener(body)
+
+
+def distill_source(source: ModelSource, nfe, **options):
+    """:func:`~comfyui_dyweight.trainer.distill` on a live source: its fields (``None`` ones left to
+    ``distill``'s defaults), then ``options`` (iterations, cache_dir, state_dir, …), which win."""
+    fields = {"teacher": source.teacher, "teacher_steps": source.teacher_steps, "baselines": source.baselines,
+              "conditions": source.conditions, "divisor": source.divisor, "checkpointing": source.checkpointing,
+              "cache_key": source.cache_key, "phi_fields": source.phi_fields}
+    fields = {key: value for key, value in fields.items() if value is not None}
+    return distill(source.denoise, source.noise, source.schedule, nfe, **{**fields, **options})
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    """A kind of model source: its command-line options, whether they were given, and the builder."""
+    """A kind of model source: its command-line options, whether they were given, and the builder
+    (``ValueError`` for options that do not fit together)."""
 
     name: str
     add_arguments: Callable[[argparse._ArgumentGroup], None]
     chosen: Callable[[argparse.Namespace], bool]
-    build: Callable[[argparse.Namespace], ModelSource]
+    build: Callable[[argparse.Namespace], Union[ModelSource, DeferredSource]]
+    usage: Optional[str] = None  # how the command's errors name the source (default --<name>)
 
 
 #: The toy problem: a Gaussian mixture in VE (EDM) form on ComfyUI's ``karras`` grid.

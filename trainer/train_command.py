@@ -1,13 +1,17 @@
 """``train``: distil Φ files for a model source and write them with the validation report.
 
     python -m comfyui_dyweight.trainer train --toy gmm --out runs/toy --nfe 3 4 5
+    python -m comfyui_dyweight.trainer train --comfyui ~/ComfyUI --checkpoint sd15.safetensors \
+        --prompts prompts.txt --cfg 7 --nfe 4 5 6
 
 writes ``<name>-nfe<N>.safetensors`` per NFE, ``<name>-validation.md``/``.json`` and ``<name>-loss.png``
-into ``--out``; it refuses to overwrite them without ``--force``. Ctrl-C saves a resumable state (in
-``--state-dir``, by default ``<out>/.dyweight-state/<name>``) and ``--resume`` continues it.
+into ``--out`` (a source may give a default: ``<ComfyUI>/models/dyweight`` for a ComfyUI model); it
+refuses to overwrite them without ``--force``. Ctrl-C saves a resumable state (in ``--state-dir``, by
+default ``<out>/.dyweight-state/<name>``) and ``--resume`` continues it.
 
 Model sources are :class:`~comfyui_dyweight.trainer.sources.SourceSpec` entries of :data:`SOURCES`;
-exactly one must be chosen on the command line.
+exactly one must be chosen on the command line. A source is opened (``source.open(body)``) around the
+distillation, so a model that only exists inside a context (ComfyUI's) is trained the same way.
 """
 
 from __future__ import annotations
@@ -16,15 +20,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from .comfy_source import COMFYUI
 from .distill import (DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_LR, DEFAULT_ORDER, DEFAULT_TEACHER_STEPS,
-                      DEFAULT_VALIDATION_FRACTION, distill)
+                      DEFAULT_VALIDATION_FRACTION)
 from .progress import TrainingInterrupted
 from .report import validation_markdown, write_report
-from .sources import TOY, ModelSource
+from .sources import TOY, ModelSource, distill_source
 from .teachers import TEACHERS
 
-#: The model sources the command offers (the ComfyUI checkpoint source is appended here).
-SOURCES = [TOY]
+#: The model sources the command offers.
+SOURCES = [TOY, COMFYUI]
+#: The built-in teacher when a source has none of its own.
+DEFAULT_TEACHER = "heun"
 #: Exit status of an interrupted run (128 + SIGINT, as shells report Ctrl-C).
 INTERRUPTED = 130
 
@@ -38,16 +45,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     for spec in SOURCES:
         spec.add_arguments(sources)
     output = parser.add_argument_group("output")
-    output.add_argument("--out", type=Path, required=True, help="folder for the Φ files and the report")
-    output.add_argument("--name", help="file-name stem (default: the source's name, e.g. toy-gmm)")
+    output.add_argument("--out", type=Path, help="folder for the Φ files and the report (default for a ComfyUI "
+                                                 "model: <ComfyUI>/models/dyweight; required for --toy)")
+    output.add_argument("--name", help="file-name stem (default: the source's name, e.g. toy-gmm or the "
+                                       "checkpoint's file name without extension)")
     output.add_argument("--force", action="store_true", help="overwrite existing output files")
     output.add_argument("--state-dir", type=Path,
                         help="where Ctrl-C saves the resumable state (default <out>/.dyweight-state/<name>)")
     output.add_argument("--resume", action="store_true", help="continue the run saved in --state-dir")
-    output.add_argument("--cache-dir", type=Path, help="cache teacher pairs here and reuse them in later runs")
+    output.add_argument("--cache-dir", type=Path,
+                        help="cache teacher pairs here and reuse them in later runs (default for a ComfyUI model: "
+                             "<ComfyUI>/user/dyweight/teacher-cache, where the Train node keeps its pairs)")
     training = parser.add_argument_group("distillation")
     training.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5], help="NFE targets (default 3 4 5)")
-    training.add_argument("--pairs", type=int, help="teacher pairs, held-out ones included (default 256)")
+    training.add_argument("--pairs", type=int,
+                          help="teacher pairs, held-out ones included (default 256; 64 for a ComfyUI model)")
     training.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                           help="Adam steps per NFE (default %(default)s)")
     training.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -59,10 +71,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     training.add_argument("--afs", action="store_true", help="analytical first step (one model call fewer)")
     training.add_argument("--variable-step-init", action="store_true",
                           help="start from variable-step Adams–Bashforth instead of iPNDM rows")
-    training.add_argument("--teacher", choices=sorted(TEACHERS), default="heun",
-                          help="teacher solver (default %(default)s)")
-    training.add_argument("--teacher-steps", type=int, default=DEFAULT_TEACHER_STEPS,
-                          help="teacher steps (default %(default)s)")
+    training.add_argument("--teacher", choices=sorted(TEACHERS),
+                          help=f"built-in teacher solver for --toy (default {DEFAULT_TEACHER}; a ComfyUI model "
+                               f"takes --comfy-teacher)")
+    training.add_argument("--teacher-steps", type=int,
+                          help=f"teacher steps (default {DEFAULT_TEACHER_STEPS}; 35 for a ComfyUI model)")
     training.add_argument("--validation-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION,
                           help="share of pairs held out (default %(default)s)")
     training.add_argument("--seed", type=int, default=0, help="seed of the split and mini-batches (default 0)")
@@ -73,29 +86,43 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(arguments: argparse.Namespace) -> int:
     chosen = [spec for spec in SOURCES if spec.chosen(arguments)]
     if len(chosen) != 1:
-        print(f"train: choose exactly one model source ({', '.join('--' + spec.name for spec in SOURCES)})",
-              file=sys.stderr)
+        names = ", or ".join(spec.usage or "--" + spec.name for spec in SOURCES)
+        print(f"train: choose exactly one model source ({names})", file=sys.stderr)
         return 2
-    source = chosen[0].build(arguments)
+    try:
+        source = chosen[0].build(arguments)
+    except ValueError as error:
+        print(f"train: {error}", file=sys.stderr)
+        return 2
     name = arguments.name or source.name
-    outputs = output_paths(arguments.out, name, arguments.nfe)
+    out = arguments.out or source.default_out
+    if out is None:
+        print(f"train: --out is required for {chosen[0].usage or '--' + chosen[0].name}", file=sys.stderr)
+        return 2
+    outputs = output_paths(out, name, arguments.nfe)
     existing = [str(path) for path in outputs if path.exists()]
     if existing and not arguments.force:
         print(f"train: refusing to overwrite {', '.join(existing)} (use --force)", file=sys.stderr)
         return 2
-    state_dir = arguments.state_dir or arguments.out / ".dyweight-state" / name
+    state_dir = arguments.state_dir or out / ".dyweight-state" / name
+    cache_dir = arguments.cache_dir or source.default_cache_dir
     try:
-        result = _distill(source, arguments, state_dir)
+        result = source.open(lambda live: _distill(live, arguments, state_dir, cache_dir))
     except TrainingInterrupted as stop:
         print(f"\ntrain: {stop}. Run the same command with --resume to continue.", file=sys.stderr)
         return INTERRUPTED
+    except ValueError as error:  # options that only the loaded model can check (scheduler, files, …)
+        print(f"train: {error}", file=sys.stderr)
+        return 2
+    if result.timings.get("teacher_cache_hit"):
+        print(f"teacher pairs: reused from the cache in {cache_dir or state_dir}")
     for nfe, phi in result.coefficients.items():
-        phi.save(arguments.out / f"{name}-nfe{nfe}.safetensors")
-    written = write_report(result, arguments.out, name)
+        phi.save(out / f"{name}-nfe{nfe}.safetensors")
+    written = write_report(result, out, name)
     print(validation_markdown(result.table), end="")
     for note in result.notes:
         print(f"note: {note}")
-    print(f"wrote {len(result.coefficients)} Φ files and {', '.join(path.name for path in written)} to {arguments.out}")
+    print(f"wrote {len(result.coefficients)} Φ files and {', '.join(path.name for path in written)} to {out}")
     return 0
 
 
@@ -105,13 +132,15 @@ def output_paths(folder: Path, name: str, targets) -> list:
             + [folder / f"{name}-validation.md", folder / f"{name}-validation.json", folder / f"{name}-loss.png"])
 
 
-def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path):
-    return distill(
-        source.denoise, source.noise, source.schedule, arguments.nfe,
-        teacher=source.teacher or arguments.teacher, teacher_steps=arguments.teacher_steps,
-        order=arguments.order, afs=arguments.afs, divisor=source.divisor, variable_step_init=arguments.variable_step_init,
+def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path, cache_dir):
+    """The live source's distillation with the command line's settings (its own teacher, if any, wins)."""
+    options = dict(
+        order=arguments.order, afs=arguments.afs, variable_step_init=arguments.variable_step_init,
         iterations=arguments.iterations, batch_size=arguments.batch_size, lr=arguments.lr,
         validation_fraction=arguments.validation_fraction, pairs=arguments.pairs, seed=arguments.seed,
-        checkpointing=source.checkpointing, cache_dir=arguments.cache_dir, cache_key=source.cache_key,
-        state_dir=state_dir, resume=arguments.resume, baselines=source.baselines, conditions=source.conditions,
-        phi_fields=source.phi_fields)
+        cache_dir=cache_dir, state_dir=state_dir, resume=arguments.resume)
+    if source.teacher is None:
+        options["teacher"] = arguments.teacher or DEFAULT_TEACHER
+    if source.teacher_steps is None:
+        options["teacher_steps"] = arguments.teacher_steps or DEFAULT_TEACHER_STEPS
+    return distill_source(source, arguments.nfe, **options)

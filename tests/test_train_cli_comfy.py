@@ -1,0 +1,207 @@
+"""``python -m comfyui_dyweight.trainer train`` on a real ComfyUI checkpoint, in a real process.
+
+The checkpoint is the harness's tiny SD1.5 file (written once per module), loaded by the host's own
+loader from ``--comfyui <host>``. Both hosts' ``comfy.sd`` import torchvision (the 2024 one through
+``comfy.ldm.cascade.stage_c_coder``), which PyPI's CUDA torchvision cannot do beside the CPU torch here,
+so the command runs through the test harness's launcher (``comfy_server.py --launch``), which declares
+the missing op schemas and then runs the trainer's ``__main__`` as ``python -m`` does.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+import comfy_host
+from comfyui_dyweight.coefficients import Coefficients
+from comfyui_dyweight.trainer.cli import main
+
+TESTS = Path(__file__).resolve().parent
+PROMPTS = "a photo of a cat\n\n   a watercolour landscape  \n\n"
+SMALL = ["--nfe", "3", "--pairs", "8", "--teacher-steps", "8", "--width", "64", "--height", "64", "--cfg", "5",
+         "--batch-size", "2", "--cpu"]
+#: Runs the trainer's ``__main__`` as ``python -m`` does, after the launcher's torchvision set-up; Ctrl-C
+#: raises KeyboardInterrupt even when the test runner was started with SIGINT ignored (a background job).
+RUNNER = ("import runpy, signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+          "runpy.run_module('comfyui_dyweight.trainer', run_name='__main__', alter_sys=True)\n")
+
+
+@pytest.fixture(scope="module")
+def workspace(host, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_cli_comfy")
+    checkpoint = root / "models" / "checkpoints" / comfy_host.write_tiny_checkpoint(root / "models")
+    prompts = root / "prompts.txt"
+    prompts.write_text(PROMPTS, encoding="utf-8")
+    runner = root / "run_trainer.py"
+    runner.write_text(RUNNER)
+    return types.SimpleNamespace(root=root, host=host, checkpoint=checkpoint, prompts=prompts, runner=runner,
+                                 cache=root / "cache")
+
+
+def trainer_arguments(workspace, *arguments) -> list:
+    return ["train", "--comfyui", str(workspace.host.path), "--prompts", str(workspace.prompts), *SMALL,
+            "--cache-dir", str(workspace.cache), *arguments]
+
+
+def command_line(workspace, *arguments) -> dict:
+    """The command, to run in a fresh process (single-threaded, offline) from the workspace folder."""
+    command = [sys.executable, str(TESTS / "comfy_server.py"), "--launch", str(workspace.runner),
+               *trainer_arguments(workspace, *arguments)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("COMFYUI_PATH", None)  # --comfyui names the host
+    return {"args": command, "cwd": workspace.root, "env": env}
+
+
+def train(workspace, *arguments, timeout=240):
+    return subprocess.run(**command_line(workspace, *arguments), capture_output=True, text=True, timeout=timeout)
+
+
+def interrupt(workspace, when: str, *arguments, timeout=240):
+    """Run the command and press Ctrl-C (SIGINT) once its stderr matches ``when``; (exit status, stderr)."""
+    log = workspace.root / "interrupted.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(**command_line(workspace, *arguments), stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            if re.search(when, log.read_text(errors="replace")):
+                process.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.1)
+        return process.wait(timeout=60), log.read_text(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def host_baselines(host) -> list:
+    from comfyui_dyweight.trainer.comfy_adapter import BASELINES
+
+    return [name for name in BASELINES if name in host.sampler_names]
+
+
+def test_train_resumes_after_ctrl_c_refuses_to_overwrite_and_reuses_the_teacher_cache(workspace, capsys):
+    out = workspace.root / "phi"
+    stem = workspace.checkpoint.stem
+    checkpoint = ["--checkpoint", str(workspace.checkpoint), "--iterations", "10", "--out", str(out)]
+
+    status, stderr = interrupt(workspace, r"NFE 3:[^\r\n]*\b[3-8]/10", *checkpoint)
+    assert status == 130 and "--resume" in stderr, stderr
+    assert not (out / f"{stem}-nfe3.safetensors").exists()
+    assert (out / ".dyweight-state" / stem / "state.safetensors").is_file()
+
+    done = train(workspace, *checkpoint, "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    phi = Coefficients.load(out / f"{stem}-nfe3.safetensors")
+    assert (phi.nfe, phi.model_family, phi.prediction, phi.cfg) == (3, "SD15", "eps", 5.0)
+    assert phi.schedule == {"kind": "comfy", "scheduler": "karras"} and phi.divisor == "sigma"
+    assert phi.training["prompts"] == ["a photo of a cat", "a watercolour landscape"]
+    assert phi.training["base_model"] == workspace.checkpoint.name
+    assert phi.training["teacher"] == "comfyui:dpmpp_2m" and phi.training["teacher_steps"] == 8
+    assert (phi.training["pairs"], phi.training["iterations"]) == (8, 10)
+    document = json.loads((out / f"{stem}-validation.json").read_text())
+    (row,) = document["table"]
+    assert row["nfe"] == 3 and row["iterations"] == 10 and list(row["baselines"]) == host_baselines(workspace.host)
+    assert [entry[0] for entry in document["history"]["3"]["train"]] == list(range(1, 11))
+    assert "| 3 |" in (out / f"{stem}-validation.md").read_text()
+    assert not list(out.rglob("*.partial"))
+    (cached,) = workspace.cache.glob("*.safetensors")
+    cached_at = cached.stat().st_mtime_ns
+
+    before = (out / f"{stem}-nfe3.safetensors").read_bytes()
+    # The refusal comes before ComfyUI is imported or anything loads, so this run can be in-process.
+    assert main(trainer_arguments(workspace, *checkpoint)) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (out / f"{stem}-nfe3.safetensors").read_bytes() == before
+
+    again = train(workspace, "--checkpoint", str(workspace.checkpoint), "--iterations", "1", "--out", str(out),
+                  "--force")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "teacher pairs: reused from the cache" in again.stdout
+    assert cached.stat().st_mtime_ns == cached_at and len(list(workspace.cache.glob("*.safetensors"))) == 1
+    assert json.loads((out / f"{stem}-validation.json").read_text())["timings"]["teacher_cache_hit"] is True
+    assert Coefficients.load(out / f"{stem}-nfe3.safetensors").training["iterations"] == 1
+
+
+def test_a_diffusion_model_with_its_text_encoder_is_the_same_model_as_the_checkpoint(workspace):
+    """The checkpoint split into UNet and CLIP-L files, loaded as UNETLoader + CLIPLoader load them: same
+    Φ fields, and the same model identity and conditioning, so the checkpoint's teacher pairs are reused
+    (when the first test ran) and the file stem names the output."""
+    state = load_file(str(workspace.checkpoint))
+    unet = workspace.root / "split" / "tiny_unet.safetensors"
+    clip = workspace.root / "split" / "tiny_clip_l.safetensors"
+    unet.parent.mkdir(exist_ok=True)
+    for path, prefix in ((unet, "model.diffusion_model."), (clip, "cond_stage_model.transformer.")):
+        save_file({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}, str(path))
+    del state
+    out = workspace.root / "phi-split"
+    cached_before = set(workspace.cache.glob("*.safetensors"))
+
+    done = train(workspace, "--diffusion-model", str(unet), "--text-encoder", str(clip), "--clip-type",
+                 "stable_diffusion", "--iterations", "1", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    phi = Coefficients.load(out / "tiny_unet-nfe3.safetensors")
+    assert (phi.model_family, phi.prediction, phi.cfg, phi.schedule["scheduler"]) == ("SD15", "eps", 5.0, "karras")
+    assert phi.training["base_model"] == "tiny_unet.safetensors"
+    if cached_before:
+        assert "teacher pairs: reused from the cache" in done.stdout
+        assert set(workspace.cache.glob("*.safetensors")) == cached_before
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--checkpoint", "x.safetensors"], "--prompts FILE"),
+    (["--diffusion-model", "x.safetensors", "--prompts", "{prompts}"], "--text-encoder"),
+    (["--checkpoint", "x.safetensors", "--diffusion-model", "y.safetensors", "--prompts", "{prompts}"], "not both"),
+    (["--checkpoint", "x.safetensors", "--prompts", "{prompts}", "--teacher", "heun"], "--comfy-teacher"),
+    (["--checkpoint", "x.safetensors", "--prompts", "{empty}"], "no prompts"),
+    (["--checkpoint", "x.safetensors", "--prompts", "{prompts}", "--width", "100"], "multiple of 8"),
+    (["--checkpoint", "x.safetensors", "--prompts", "{prompts}", "--comfyui", "{tmp}"], "not a ComfyUI folder"),
+    (["--toy", "gmm", "--checkpoint", "x.safetensors"], "exactly one model source"),
+    (["--toy", "gmm"], "--out is required"),
+])
+def test_options_that_do_not_fit_are_refused_before_anything_loads(arguments, message, tmp_path, capsys):
+    """Checked by the command line alone: ComfyUI is not imported (the folder only has to look like one)."""
+    folder = tmp_path / "ComfyUI"
+    (folder / "comfy").mkdir(parents=True)
+    (folder / "folder_paths.py").touch()
+    (tmp_path / "prompts.txt").write_text(PROMPTS)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    values = {"prompts": tmp_path / "prompts.txt", "empty": tmp_path / "empty.txt", "tmp": tmp_path}
+    filled = [argument.format(**values) for argument in arguments]
+    assert main(["train", "--comfyui", str(folder), *filled]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_prompts_are_encoded_and_guided_exactly_as_the_stock_nodes_do(workspace):
+    """encode_prompt is CLIPTextEncode; with_guidance is FluxGuidance's conditioning_set_values."""
+    import comfy.sd
+    import nodes
+    import torch
+
+    from comfyui_dyweight.trainer.comfy_adapter import encode_prompt, with_guidance
+
+    with torch.inference_mode():
+        clip = comfy.sd.load_checkpoint_guess_config(str(workspace.checkpoint), output_vae=False)[1]
+        ours = encode_prompt(clip, "a photo of a cat")
+        (stock,) = nodes.CLIPTextEncode().encode(clip, "a photo of a cat")
+    assert len(ours) == len(stock) == 1 and torch.equal(ours[0][0], stock[0][0])
+    assert ours[0][1].keys() == stock[0][1].keys()
+    assert torch.equal(ours[0][1]["pooled_output"], stock[0][1]["pooled_output"])
+    with pytest.raises(ValueError, match="no text encoder"):
+        encode_prompt(None, "a photo of a cat")
+
+    if not (workspace.host.path / "node_helpers.py").is_file():
+        pytest.skip("this host has no FLUX guidance (node_helpers.conditioning_set_values)")
+    import node_helpers
+
+    guided, reference = with_guidance(ours, 2.5), node_helpers.conditioning_set_values(ours, {"guidance": 2.5})
+    assert guided[0][1] == {**ours[0][1], "guidance": 2.5} and guided[0][1].keys() == reference[0][1].keys()
+    assert guided[0][0] is reference[0][0] and "guidance" not in ours[0][1]

@@ -1,0 +1,312 @@
+"""Distil Φ for a ComfyUI model, through ComfyUI's own sampling path.
+
+Every model call the trainer makes — student, teacher and baselines — goes through the same code a
+KSampler runs: the guider with CFG, LoRAs and model patches, and the ModelSamplingFlux/Discrete shift.
+To get that denoiser outside a sampler, each prompt opens a real sampling call
+(``comfy.sample.sample_custom``) whose sampler function captures the guided model; the calls are nested
+so that all prompts' denoisers are live at once, and the training runs inside the innermost one.
+The teacher and baselines are ComfyUI's own sampler functions, looked up by name.
+
+This module imports ``comfy``; nothing else in the trainer does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from typing import Callable, Optional, Sequence
+
+import torch
+
+import comfy.k_diffusion.sampling
+import comfy.sample
+import comfy.samplers
+
+from ..coefficients.presets import default_scheduler
+from ..host.model_facts import ModelFacts, comfy_sigmas, facts_from_patcher, latent_channels
+
+LOG = logging.getLogger("comfyui_dyweight")
+#: The teacher when none is named: a multistep solver at 35 steps (70 is the CFG'd model-call count).
+DEFAULT_TEACHER = "dpmpp_2m"
+DEFAULT_TEACHER_STEPS = 35
+#: Teacher pairs when none are given (20% held out).
+DEFAULT_PAIRS = 64
+#: ComfyUI samplers compared with the trained Φ, when the host has them (one model call per step each).
+BASELINES = ("euler", "ipndm", "ipndm_v", "dpmpp_2m", "deis", "uni_pc")
+
+
+@dataclasses.dataclass
+class ComfyTarget:
+    """What to distil for: a MODEL, one (positive, negative) conditioning per prompt, CFG, latent size."""
+
+    model: object
+    conditionings: Sequence[tuple]
+    cfg: float
+    latent_shape: tuple  # (channels, height, width) of one latent
+    scheduler: Optional[str] = None  # default: karras (eps/v) or simple (flow)
+
+    def facts(self) -> ModelFacts:
+        return facts_from_patcher(self.model)
+
+    def schedule_name(self) -> str:
+        return self.scheduler or default_scheduler(self.facts().prediction)
+
+
+class SamplerModel:
+    """What a k-diffusion sampler function expects as ``model``: ``model(x, σ·s_in, **extra)`` → x0.
+
+    It routes to ``denoise(x, σ)`` and carries ``inner_model`` for samplers that read the model
+    sampling from it.
+    """
+
+    def __init__(self, denoise: Callable, inner_model):
+        self.denoise, self.inner_model = denoise, inner_model
+
+    def __call__(self, x, sigma, **extra_args):
+        return self.denoise(x, sigma.reshape(-1)[0])
+
+
+class GroupedDenoiser:
+    """``denoise(x, σ, condition=labels)``: each row through the denoiser of its prompt."""
+
+    def __init__(self, per_prompt: Sequence[Callable]):
+        self.per_prompt = list(per_prompt)
+
+    def __call__(self, x, sigma, condition=None):
+        if condition is None:
+            if len(self.per_prompt) != 1:
+                raise ValueError("several prompts need the condition labels of the batch")
+            return self.per_prompt[0](x, sigma)
+        out = None
+        for label in condition.unique().tolist():
+            rows = (condition == label).nonzero().flatten().to(x.device)
+            denoised = self.per_prompt[label](x.index_select(0, rows), sigma)
+            out = denoised.new_zeros(x.shape) if out is None else out
+            out = out.index_copy(0, rows, denoised)
+        return out
+
+
+def with_comfy_denoisers(target: ComfyTarget, body: Callable):
+    """``body(denoise, inner_model)`` with every prompt's guided denoiser live (see module docstring).
+
+    ``denoise(x, σ, condition=labels)`` routes rows to their prompt; ``inner_model`` is the guider that
+    ComfyUI's sampler functions may look into.
+    """
+    facts = target.facts()
+    probe = torch.zeros((1, *target.latent_shape))
+    probe_sigmas = torch.tensor([facts.sigma_max, 0.0])
+    denoisers, inner_models = [], []
+
+    def open_context(index: int):
+        if index == len(target.conditionings):
+            return body(GroupedDenoiser(denoisers), inner_models[0])
+        positive, negative = target.conditionings[index]
+        inner_result = []
+
+        def capture(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            arguments = dict(extra_args or {})
+            denoisers.append(lambda latent, sigma: model(latent, sigma * latent.new_ones([latent.shape[0]]),
+                                                         **arguments))
+            inner_models.append(model.inner_model)
+            inner_result.append(open_context(index + 1))
+            return x
+
+        comfy.sample.sample_custom(target.model, probe, target.cfg, comfy.samplers.KSAMPLER(capture), probe_sigmas,
+                                   positive, negative, probe.clone(), disable_pbar=True)
+        return inner_result[0]
+
+    with torch.inference_mode(False), torch.enable_grad():
+        return open_context(0)
+
+
+def make_weights_differentiable(module: torch.nn.Module) -> int:
+    """Replace inference-mode tensors (what ComfyUI's loader nodes create) by normal copies, in place.
+
+    Back-propagation to W and s goes through the model's input, and autograd must keep its weights for
+    that; tensors made under ``torch.inference_mode`` cannot be kept. Returns how many were replaced.
+    """
+    replaced = 0
+    with torch.inference_mode(False):
+        for submodule in module.modules():
+            for store in (submodule._parameters, submodule._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is not None and tensor.is_inference():
+                        copy = tensor.detach().clone()
+                        store[name] = torch.nn.Parameter(copy, requires_grad=False) \
+                            if isinstance(tensor, torch.nn.Parameter) else copy
+                        replaced += 1
+    return replaced
+
+
+def encode_prompt(clip, text: str) -> list:
+    """The CONDITIONING of ``text``, exactly as ComfyUI's CLIPTextEncode node makes it.
+
+    Current hosts: ``encode_from_tokens_scheduled`` (hooks, pooled output and the model's extra keys);
+    2024 hosts: ``encode_from_tokens(return_pooled=True)`` → ``[[cond, {"pooled_output": pooled}]]``.
+    """
+    if clip is None:
+        raise ValueError("no text encoder to encode the prompts with (a checkpoint without CLIP needs "
+                         "separate text encoder files)")
+    tokens = clip.tokenize(text)
+    if hasattr(clip, "encode_from_tokens_scheduled"):
+        return clip.encode_from_tokens_scheduled(tokens)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def with_guidance(conditioning: list, guidance: float) -> list:
+    """The conditioning with ``guidance`` set on every entry, as ComfyUI's FluxGuidance node sets it."""
+    return [[tensor, {**extra, "guidance": guidance}] for tensor, extra in conditioning]
+
+
+def latent_shape(model, width: int, height: int) -> tuple:
+    """(C, H, W) of one latent of a ``width`` × ``height`` image, as the host's empty-latent nodes size it."""
+    ratio = getattr(model.model.latent_format, "spacial_downscale_ratio", 8)
+    return latent_channels(model), height // ratio, width // ratio
+
+
+def comfy_sampler(name: str, inner_model) -> Callable:
+    """ComfyUI's sampler ``name`` as a trainer solver ``(denoise, x, sigmas) -> x0``."""
+    sampler = comfy.samplers.sampler_object(name)
+
+    def solve(denoise, x, sigmas):
+        with torch.no_grad():
+            return sampler.sampler_function(SamplerModel(denoise, inner_model), x, sigmas.to(x), extra_args={},
+                                            callback=None, disable=True, **sampler.extra_options)
+
+    solve.__name__ = f"comfyui:{name}"
+    return solve
+
+
+def comfy_baselines(facts: ModelFacts, scheduler: str, inner_model) -> dict:
+    """name → ``(denoise, x, nfe) -> x0`` for the host's :data:`BASELINES`, on the Φ's scheduler."""
+    def baseline(name):
+        solve = comfy_sampler(name, inner_model)
+        return lambda denoise, x, nfe: solve(denoise, x, comfy_sigmas(facts.model_sampling, scheduler, nfe))
+
+    return {name: baseline(name) for name in BASELINES if name in comfy.samplers.SAMPLER_NAMES}
+
+
+def fingerprint(value) -> str:
+    """A short, stable hash of tensors, containers and scalars (the cache key's model/prompt identity)."""
+    digest = hashlib.sha256()
+
+    def feed(item):
+        if isinstance(item, torch.Tensor):
+            flat = item.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)][:4096].float().cpu()
+            digest.update(f"tensor{tuple(item.shape)}{item.dtype}".encode())
+            digest.update(sample.numpy().tobytes())
+        elif isinstance(item, dict):
+            for key in sorted(item, key=str):
+                digest.update(str(key).encode())
+                feed(item[key])
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"seq{len(item)}".encode())
+            for element in item:
+                feed(element)
+        elif hasattr(item, "__dict__") and not callable(item):  # e.g. a LoRA adapter object
+            digest.update(type(item).__name__.encode())
+            feed(vars(item))
+        else:
+            digest.update(repr(item).encode() if not callable(item) else getattr(item, "__name__", "fn").encode())
+
+    feed(value)
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model) -> dict:
+    """The cache key's model part: config, sampling (with shift patches), weights, LoRA/patches."""
+    facts = facts_from_patcher(model)
+    parameters = list(model.model.state_dict().items())
+    sampled = [(name, tensor) for index, (name, tensor) in enumerate(parameters) if index % 16 == 0]
+    patches = getattr(model, "patches", {})
+    return {
+        "family": facts.family, "prediction": facts.prediction,
+        "sampling": [type(facts.model_sampling).__name__, round(facts.sigma_min, 6), round(facts.sigma_max, 6)],
+        "weights": fingerprint(sampled),
+        "patches": fingerprint(patches),
+        "model_options": fingerprint(json.dumps(sorted(model.model_options.get("transformer_options", {}).keys()))),
+    }
+
+
+def conditioning_identity(conditionings: Sequence[tuple]) -> str:
+    """The prompts' part of the cache key: the encoded conditioning itself (text encoder and prompt)."""
+    return fingerprint([[[entry[0], {k: v for k, v in entry[1].items() if isinstance(v, (torch.Tensor, float, int))}]
+                         for entry in side] for pair in conditionings for side in pair])
+
+
+def comfy_noise(target: ComfyTarget, facts: ModelFacts, seed: int) -> Callable[[int], torch.Tensor]:
+    """``noise(k)``: ComfyUI's seeded noise for seed + k (drawn on the CPU, as ComfyUI draws it), scaled to
+    σ_max as its KSAMPLER does, on the model's device (where ComfyUI keeps the model while sampling)."""
+    device = target.model.load_device
+    empty = torch.zeros((1, *target.latent_shape))
+
+    def noise(index: int) -> torch.Tensor:
+        unit = comfy.sample.prepare_noise(empty, seed + index).to(device)
+        return facts.model_sampling.noise_scaling(torch.tensor(facts.sigma_max), unit, empty.to(device), True)
+
+    return noise
+
+
+def open_comfy_source(target: ComfyTarget, body: Callable, *, teacher: str = DEFAULT_TEACHER,
+                      teacher_steps: int = DEFAULT_TEACHER_STEPS, pairs: int = DEFAULT_PAIRS, seed: int = 0,
+                      base_model: Optional[str] = None, prompts: Optional[Sequence[str]] = None,
+                      name: str = "comfyui", record: Optional[dict] = None):
+    """``body(source)`` with the live :class:`~comfyui_dyweight.trainer.sources.ModelSource` of ``target``.
+
+    This is the one wiring of a ComfyUI model into the trainer (:func:`distill_for_comfy` and the
+    ``train`` command's ComfyUI source both use it). Pairs take the prompts in turn; the teacher is
+    ComfyUI's sampler ``teacher`` at ``teacher_steps`` on the Φ's scheduler; the baselines are the host's
+    :data:`BASELINES`; flow models use the ``net_sigma`` divisor. The Φ records the sampler-side facts:
+    family, prediction, schedule, σ range and CFG; ``record`` adds entries (not ``None``) to its
+    ``training`` record.
+    """
+    from .sources import ModelSource
+
+    if teacher not in comfy.samplers.SAMPLER_NAMES:
+        raise ValueError(f"teacher sampler '{teacher}' is not one of this ComfyUI's samplers")
+    facts, scheduler = target.facts(), target.schedule_name()
+    prompt_count = len(target.conditionings)
+    cache_key = {
+        "model": model_identity(target.model), "conditioning": conditioning_identity(target.conditionings),
+        "cfg": target.cfg, "latent_shape": list(target.latent_shape), "scheduler": scheduler, "seed": seed,
+    }
+    training = {"base_model": base_model or f"{facts.family} {cache_key['model']['weights']}",
+                "base_model_hash": cache_key["model"]["weights"], "patches_hash": cache_key["model"]["patches"],
+                "prompts": list(prompts) if prompts is not None else None,
+                "size": list(target.latent_shape),
+                **{key: value for key, value in (record or {}).items() if value is not None}}
+    phi_fields = {"schedule": {"kind": "comfy", "scheduler": scheduler}, "prediction": facts.prediction,
+                  "model_family": facts.family, "sigma_min": facts.sigma_min, "sigma_max": facts.sigma_max,
+                  "cfg": target.cfg, "training": training}
+
+    def live(denoise, inner_model):
+        replaced = make_weights_differentiable(target.model.model)
+        if replaced:
+            LOG.info("DyWeight: %d inference-mode weight tensors copied so gradients can flow", replaced)
+        return body(ModelSource(
+            name=name, denoise=denoise, noise=comfy_noise(target, facts, seed),
+            schedule=lambda steps: comfy_sigmas(facts.model_sampling, scheduler, steps),
+            cache_key=cache_key, phi_fields=phi_fields, conditions=[index % prompt_count for index in range(pairs)],
+            teacher=comfy_sampler(teacher, inner_model), teacher_steps=teacher_steps,
+            baselines=comfy_baselines(facts, scheduler, inner_model),
+            divisor="net_sigma" if facts.prediction == "flow" else "sigma", checkpointing=True))
+
+    return with_comfy_denoisers(target, live)
+
+
+def distill_for_comfy(target: ComfyTarget, nfe, *, teacher: str = DEFAULT_TEACHER,
+                      teacher_steps: int = DEFAULT_TEACHER_STEPS, pairs: int = DEFAULT_PAIRS, seed: int = 0,
+                      base_model: Optional[str] = None, prompts: Optional[Sequence[str]] = None, **options):
+    """:func:`~comfyui_dyweight.trainer.distill` for a ComfyUI model (see :func:`open_comfy_source`).
+
+    ``options`` go to ``distill`` (iterations, batch_size, cache_dir, state_dir, resume, progress, …).
+    """
+    from .sources import distill_source
+
+    return open_comfy_source(target, lambda source: distill_source(source, nfe, seed=seed, **options),
+                             teacher=teacher, teacher_steps=teacher_steps, pairs=pairs, seed=seed,
+                             base_model=base_model, prompts=prompts)
