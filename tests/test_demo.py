@@ -1,0 +1,142 @@
+"""The README's main command, smoke-sized: ``python -m comfyui_dyweight.demo --quick`` in a subprocess.
+
+Checks what a newcomer gets (grid PNG, error plot, a table of finite figures at the NFE it claims, Φ
+files that load) and that a second run takes the teacher pairs from the cache instead of running the
+teacher again. The figures of the full run are the benchmark's business, not the tests'.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfyui_dyweight.coefficients import Coefficients
+from comfyui_dyweight.demo import figures, pipeline
+from comfyui_dyweight.demo.font import text_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode the 8-bit RGB, filter-0 PNGs that figures.write_png writes (enough to check them)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    position, chunks = 8, {}
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        body = data[position + 8:position + 8 + length]
+        assert zlib.crc32(kind + body) & 0xFFFFFFFF == struct.unpack(">I", data[position + 8 + length:position + 12 + length])[0]
+        chunks.setdefault(kind, b"")
+        chunks[kind] += body
+        position += 12 + length
+    width, height, depth, colour, _, _, _ = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    assert (depth, colour) == (8, 2)
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(height, 1 + 3 * width)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(height, width, 3)
+
+
+def png_size(path: Path) -> tuple:
+    with open(path, "rb") as handle:
+        header = handle.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def run_demo(out: Path, cache: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "comfyui_dyweight.demo", "--quick", "--threads", "1", "--out", str(out),
+         "--cache-dir", str(cache)],
+        capture_output=True, text=True, timeout=300, env=environment, cwd=ROOT)
+    assert completed.returncode == 0, f"demo failed:\n{completed.stdout}\n{completed.stderr}"
+    return completed
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The quick demo twice with the same cache: (first stdout, first results, second stdout, second results)."""
+    base = tmp_path_factory.mktemp("demo")
+    outcomes = []
+    for name in ("first", "second"):
+        completed = run_demo(base / name, base / "cache")
+        outcomes.append((base / name, completed.stdout, json.loads((base / name / "results.json").read_text())))
+    return outcomes
+
+
+def test_quick_demo_writes_the_grid_the_plot_and_a_finite_table(two_runs):
+    out, stdout, results = two_runs[0]
+    width, height = png_size(out / "grid.png")
+    columns, rows = 5, len(results["settings"]["nfe"])  # teacher + 3 hand-made + DyWeight; one row per NFE
+    zoomed = 16 * 4
+    assert width > columns * 3 * zoomed and height > rows * 2 * zoomed, (width, height)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("\nSKIP (plot assertion only): matplotlib is not installed, so error_vs_nfe.png is not drawn; "
+              "`bash scripts/bootstrap.sh test` installs the plots extra")
+    else:
+        assert png_size(out / "error_vs_nfe.png")[0] > 300
+    table = results["table"]
+    assert [row["nfe"] for row in table] == [3, 4]
+    for row in table:
+        assert set(row["solvers"]) == {"euler", "ipndm", "dpmpp_2m", "init", "dyweight"}
+        for name, figure in row["solvers"].items():
+            assert math.isfinite(figure["rmse"]) and figure["rmse"] > 0, (row["nfe"], name, figure)
+            assert math.isfinite(figure["psnr"]), (row["nfe"], name, figure)
+            assert figure["calls"] == row["nfe"], f"{name} made {figure['calls']} model calls at NFE {row['nfe']}"
+        assert math.isfinite(row["ratio"])
+    assert "| NFE | Euler | iPNDM | DPM-Solver++(2M)" in stdout
+    assert (out / "table.md").read_text().count("\n| ") == len(table) + 1  # header + one line per NFE
+    for nfe in (3, 4):
+        phi = Coefficients.load(out / "phi" / f"digits-edm-nfe{nfe}.safetensors")
+        assert phi.nfe == nfe and phi.afs and phi.order == 3
+
+
+def test_second_run_reuses_the_teacher_cache(two_runs):
+    (_, first_stdout, first), (_, second_stdout, second) = two_runs
+    assert first["timings"]["teacher"]["train"]["cache_hit"] is False
+    assert first["timings"]["teacher"]["test"]["cache_hit"] is False
+    assert second["timings"]["teacher"]["train"]["cache_hit"] is True
+    assert second["timings"]["teacher"]["test"]["cache_hit"] is True
+    assert "generated in" in first_stdout and "reused from the cache" not in first_stdout
+    assert second_stdout.count("reused from the cache") == 2
+    assert not any("ran the teacher again" in note for note in second["notes"])
+    # the same pairs and the same seeds give the same table
+    assert second["table"] == first["table"]
+
+
+def test_png_writer_round_trips_pixels(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, size=(7, 11, 3), dtype=np.uint8)
+    figures.write_png(tmp_path / "x.png", image)
+    assert (read_png(tmp_path / "x.png") == image).all()
+
+
+def test_grid_shows_each_cell_upscaled_with_nearest_neighbour_and_labels(tmp_path):
+    ramp = np.linspace(-1, 1, 16 * 16).reshape(1, 16, 16)
+    cells = [[[ramp] * 2, [-ramp] * 2]]
+    path = figures.comparison_grid(tmp_path / "g.png", ["title"], ["A", "B"], ["NFE 3"], cells, [["", "x"]],
+                                   per_row=2, zoom=4)
+    pixels = read_png(path)[..., 0]
+    blocks = [pixels[y:y + 4, x:x + 4] for y in range(pixels.shape[0] - 4) for x in range(pixels.shape[1] - 4)]
+    # the darkest (−1) pixel of the ramp becomes a uniform 4×4 black block: nearest-neighbour, not smoothed
+    assert any((block == 0).all() for block in blocks)
+    assert text_mask("NFE 3").any() and text_mask("?").shape == text_mask("A").shape
+
+
+def test_bar_verdict_uses_the_best_hand_made_solver():
+    rows = [{"nfe": 3, "ratio": 0.59}, {"nfe": 4, "ratio": 0.61}, {"nfe": 6, "ratio": 2.0}]
+    verdict = pipeline.bar_verdict(rows)
+    assert verdict["per_nfe"] == {3: True, 4: False} and verdict["met"] is False
+
+
+def test_demo_wrapper_bootstraps_then_runs_the_module():
+    script = (ROOT / "demo" / "run").read_text()
+    assert "scripts/bootstrap.sh\" demo" in script and "python -m comfyui_dyweight.demo \"$@\"" in script
+    subprocess.run(["bash", "-n", str(ROOT / "demo" / "run")], check=True)
