@@ -27,19 +27,26 @@ FRAME = (200, 200, 200)
 
 # --- PNG -----------------------------------------------------------------------------------------
 def write_png(path, image: np.ndarray) -> None:
-    """Write an RGB uint8 array [H, W, 3] as an 8-bit PNG (atomically)."""
+    """Write an RGB uint8 array [H, W, 3] as an 8-bit PNG (atomically); with ≤ 256 distinct colours, as a
+    palette image (a third of the size for the grid)."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
     height, width, channels = image.shape
     if channels != 3:
         raise ValueError(f"write_png expects an RGB image [H, W, 3], got {image.shape}")
-    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), image.reshape(height, width * 3)], axis=1)
+    colours, index = np.unique(image.reshape(-1, 3), axis=0, return_inverse=True)
+    if len(colours) <= 256:
+        rows, colour_type = index.astype(np.uint8).reshape(height, width), 3
+    else:
+        rows, colour_type = image.reshape(height, width * 3), 2
+    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 9)) \
-        + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    palette = chunk(b"PLTE", colours.astype(np.uint8).tobytes()) if colour_type == 3 else b""
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + palette \
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 9)) + chunk(b"IEND", b"")
     with atomic_path(Path(path)) as temporary:
         Path(temporary).write_bytes(png)
 
@@ -73,10 +80,12 @@ class Canvas:
         self.pixels[y:y + height, x + width - 1] = color
 
 
-def to_gray(image, low: float = -1.0, high: float = 1.0) -> np.ndarray:
-    """A [H, W] (or [1, H, W]) image with values in [low, high] → uint8, clipped."""
+def to_gray(image, low: float = -1.0, high: float = 1.0, levels: int = 128) -> np.ndarray:
+    """A [H, W] (or [1, H, W]) image with values in [low, high] → uint8 with ``levels`` grey levels, clipped
+    (128 look the same as 256 and leave room for the labels' colours in a 256-colour palette PNG)."""
     array = np.asarray(image, dtype=np.float64).reshape(image.shape[-2], image.shape[-1])
-    return np.clip(np.round((array - low) / (high - low) * 255), 0, 255).astype(np.uint8)
+    steps = np.clip(np.round((array - low) / (high - low) * (levels - 1)), 0, levels - 1)
+    return np.round(steps * 255 / (levels - 1)).astype(np.uint8)
 
 
 def tile(images: Sequence, columns: int, zoom: int, gap: int = 2) -> np.ndarray:
@@ -189,7 +198,27 @@ def error_plot(path, nfes: Sequence[int], rmse: dict, psnr: dict, labels: dict, 
     figure.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout(rect=(0, 0.055 * math.ceil(len(names) / columns), 1, 1))
-    with atomic_path(Path(path)) as temporary:
-        figure.savefig(temporary, format="png", dpi=dpi)
+    save_figure(figure, path, dpi)
     plt.close(figure)
     return True
+
+
+def save_figure(figure, path, dpi: int) -> None:
+    """Save a matplotlib figure as a small PNG: 256-colour palette (Pillow comes with matplotlib)."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    data = buffer.getvalue()
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            palette = image.convert("RGB").quantize(colors=256)
+            small = io.BytesIO()
+            palette.save(small, format="PNG", optimize=True)
+        data = min(data, small.getvalue(), key=len)
+    except ImportError:
+        pass
+    with atomic_path(Path(path)) as temporary:
+        Path(temporary).write_bytes(data)

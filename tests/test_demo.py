@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_png(path: Path) -> np.ndarray:
-    """Decode the 8-bit RGB, filter-0 PNGs that figures.write_png writes (enough to check them)."""
+    """Decode the 8-bit RGB or palette, filter-0 PNGs that figures.write_png writes (enough to check them)."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     position, chunks = 8, {}
@@ -38,9 +38,13 @@ def read_png(path: Path) -> np.ndarray:
         chunks[kind] += body
         position += 12 + length
     width, height, depth, colour, _, _, _ = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
-    assert (depth, colour) == (8, 2)
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(height, 1 + 3 * width)
+    assert depth == 8 and colour in (2, 3)
+    samples = 3 if colour == 2 else 1
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(height, 1 + samples * width)
     assert (raw[:, 0] == 0).all()
+    if colour == 3:
+        palette = np.frombuffer(chunks[b"PLTE"], dtype=np.uint8).reshape(-1, 3)
+        return palette[raw[:, 1:]]
     return raw[:, 1:].reshape(height, width, 3)
 
 
@@ -112,8 +116,11 @@ def test_second_run_reuses_the_teacher_cache(two_runs):
     assert second["table"] == first["table"]
 
 
-def test_png_writer_round_trips_pixels(tmp_path):
-    image = np.random.default_rng(0).integers(0, 256, size=(7, 11, 3), dtype=np.uint8)
+@pytest.mark.parametrize("colours", [5, 256 ** 3])  # palette PNG, and RGB when there are > 256 colours
+def test_png_writer_round_trips_pixels(tmp_path, colours):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(colours if colours < 256 else 900, 3), dtype=np.uint8)[
+        rng.integers(0, min(colours, 900), size=(17, 23))]
     figures.write_png(tmp_path / "x.png", image)
     assert (read_png(tmp_path / "x.png") == image).all()
 
