@@ -177,7 +177,7 @@ def main(argv=None) -> int:
 
 
 def _machine_line(machine: dict) -> str:
-    return (f"{machine['platform']}, {machine['cpu_count']} CPU cores, torch {machine['torch']} "
+    return (f"{machine['platform']}, {machine['cpu_count']} CPU cores (shared), torch {machine['torch']} "
             f"({machine['torch_threads']} thread), Python {machine['python']}, {machine['date']}")
 
 

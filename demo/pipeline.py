@@ -278,7 +278,8 @@ def markdown_table(rows: list) -> str:
             figure = row["solvers"][name]
             text = f"{figure['rmse']:.4f} ({figure['psnr']:.1f} dB)"
             cells.append(f"**{text}**" if name == "dyweight" else text)
-        cells.append(f"{row['ratio']:.2f} (vs {HAND_MADE[row['best_hand_made']]})")
+        best = row["best_hand_made"]
+        cells.append(f"{row['ratio']:.2f} (vs {'AB3+AFS' if best == 'init' else HAND_MADE[best]})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
