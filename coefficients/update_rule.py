@@ -10,7 +10,13 @@ For n = 0 … N−1, with the running time t̃_0 = σ_0:
 * time shift (Eq. 8): t̃_{n+1} = t̃_n + (Σ_{k<p} W[n,k]) · h_n.
 
 t̃ depends on W and the grid only, never on x, so the whole time grid is computed (and checked) before
-the first model call.
+the first model call, and with it every number a step needs: with the residuals r_m = x_m − D_m
+(so g_m = r_m / d_m, d_m the divisor of Eq. 7), Eq. 6 reads
+
+    x_{n+1} = x_n + Σ_{k<p} c[n,k] · r_{n−k},   c[n,k] = h_n · W[n,k] / d_{n−k},
+
+and a step costs one subtraction and p fused multiply-adds on the latents besides its model call.
+The table c is differentiable in W and s, so the trainer runs this same loop.
 """
 
 from __future__ import annotations
@@ -26,12 +32,16 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def shifted_times(weights: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """t̃_0 … t̃_{N−1} of Eq. 8 for weights [N, K] on the base grid σ_0 … σ_N (differentiable in W)."""
+    """t̃_0 … t̃_{N−1} of Eq. 8 for weights [N, K] on the base grid σ_0 … σ_N (differentiable in W).
+
+    Row n sums only the weights of gradients that exist (k ≤ n); t̃_{n+1} = lerp(t̃_n, σ_{n+1}, Σ_k W[n,k]).
+    """
     steps, order = weights.shape
+    row_sums = (weights * torch.ones_like(weights).tril()).sum(1).unbind()
+    targets = sigmas[1:].unbind()
     times = [sigmas[0]]
     for n in range(steps - 1):
-        available = min(n + 1, order)
-        times.append(times[-1] + weights[n, :available].sum() * (sigmas[n + 1] - times[-1]))
+        times.append(torch.lerp(times[-1], targets[n], row_sums[n]))
     return torch.stack(times)
 
 
@@ -70,29 +80,43 @@ def dyweight_sample(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, ph
     scales = phi.time_scale.to(device=x.device, dtype=work)
     times = shifted_times(weights, sig)
     _check_times(times, scales, phi)
+    queries = scales * times  # the model is asked at s_n·t̃_n (Eq. 7)
+    if phi.afs:
+        queries = torch.cat([times[:1], queries[1:]])  # no model call at step 0; its callback reports t̃_0
+    rows = step_coefficients(weights, sig[1:] - times, times if phi.divisor == "sigma" else queries)
+    queries = queries.unbind()
 
     state = x.to(work)
-    history: list[torch.Tensor] = []  # newest first
-    finite_after_step: list[torch.Tensor] = []
+    residuals: list[torch.Tensor] = []  # r_m = x_m − D_m, newest first
+    step_sums: list[torch.Tensor] = []  # NaN/Inf anywhere in x_{n+1} makes its sum non-finite
     for n in range(phi.steps):
-        t_n = times[n]
-        if phi.afs and n == 0:
-            gradient = state if phi.prediction == "flow" else state / torch.sqrt(1 + t_n ** 2)
-            query = t_n
-            denoised = state - t_n * gradient
+        if phi.afs and n == 0:  # g_0 = x/√(1 + t̃_0²) (VE) or x (flow), and r_0 = t̃_0·g_0
+            residual = times[0] * (state if phi.prediction == "flow" else state / torch.sqrt(1 + times[0] ** 2))
+            denoised = state - residual
         else:
-            query = scales[n] * t_n
-            denoised = denoise(state, query).to(work)
-            gradient = (state - denoised) / (t_n if phi.divisor == "sigma" else query)
+            denoised = denoise(state, queries[n])
+            residual = state - denoised  # in the working dtype, whatever the model's
         if callback is not None:
-            callback({"x": state, "i": n, "sigma": query, "sigma_hat": query, "denoised": denoised})
-        history.insert(0, gradient)
-        del history[phi.order:]
-        direction = sum(weights[n, k] * g for k, g in enumerate(history))
-        state = state + (sig[n + 1] - t_n) * direction
-        finite_after_step.append(torch.isfinite(state).all())
-    _check_finite(torch.stack(finite_after_step), phi)
+            callback({"x": state, "i": n, "sigma": queries[n], "sigma_hat": queries[n], "denoised": denoised})
+        residuals.insert(0, residual)
+        del residuals[phi.order:]
+        for coefficient, past in zip(rows[n], residuals):
+            state = torch.addcmul(state, coefficient, past)
+        step_sums.append(state.sum())
+    _check_finite(torch.stack(step_sums), phi)
     return state.to(x.dtype)
+
+
+def step_coefficients(weights: torch.Tensor, step_sizes: torch.Tensor, divisors: torch.Tensor) -> list:
+    """c[n,k] = h_n · W[n,k] / d_{n−k} (Eqs. 6–7 with g = r / d), as rows of 0-d tensors.
+
+    Entries with n − k < 0 (no such gradient yet) are never read.
+    """
+    steps, order = weights.shape
+    lag = torch.arange(steps, device=divisors.device)[:, None] - torch.arange(order, device=divisors.device)
+    table = step_sizes[:, None] * weights / divisors[lag.clamp(min=0)]
+    cells = table.flatten().unbind()  # one call: 0-d views, cheap to pass to addcmul
+    return [cells[n * order:(n + 1) * order] for n in range(steps)]
 
 
 def _check_times(times: torch.Tensor, scales: torch.Tensor, phi: Coefficients) -> None:
@@ -107,7 +131,10 @@ def _check_times(times: torch.Tensor, scales: torch.Tensor, phi: Coefficients) -
             f"Use the Φ with the schedule it was trained on, or retrain it")
 
 
-def _check_finite(finite_after_step: torch.Tensor, phi: Coefficients) -> None:
+def _check_finite(step_sums: torch.Tensor, phi: Coefficients) -> None:
+    """One host sync after the last step: the first step whose latents hold NaN/Inf (or blew up so far
+    that their sum overflows)."""
+    finite_after_step = torch.isfinite(step_sums)
     if not bool(finite_after_step.all()):
         n = int((~finite_after_step).nonzero()[0])
         raise SamplingError(
