@@ -13,7 +13,8 @@ from comfyui_dyweight.coefficients import (
     Coefficients, SamplingError, adams_bashforth, dyweight_sample, edm_sigmas, shifted_times)
 from comfyui_dyweight.trainer import TEACHERS, TrainingInterrupted, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture, gaussian_denoiser
-from comfyui_dyweight.trainer.optimise import TIME_FLOOR, Student, endpoint_loss
+from comfyui_dyweight.trainer.optimise import (
+    TIME_FLOOR, Settings, Student, batch_gradients, endpoint_loss, initial_parameters)
 from comfyui_dyweight.trainer.pairs import PairSet, draw_noise
 from comfyui_dyweight.trainer.teachers import sample_heun
 
@@ -212,6 +213,37 @@ def test_checkpointing_changes_nothing_and_no_model_gradients_are_built(mixture)
     gradients = [torch.autograd.grad(endpoint_loss(net, pairs, karras(3), phi, on), [phi.weights])[0]
                  for on in (False, True)]
     assert torch.equal(*gradients) and gradients[0].abs().sum() > 0
+
+
+def test_micro_batches_give_the_batch_gradient_and_bound_the_differentiated_batch(mixture):
+    net = TinyNet(mixture.dim)
+    noise = latents(24, mixture.dim, 7)
+    pairs = distill(net, noise, karras, nfe=[3], **{**SMALL, "iterations": 0, "teacher_steps": 8}).pairs
+    batch = pairs.subset(slice(0, 8))
+    student = Student(adams_bashforth(3, 3), *initial_parameters(adams_bashforth(3, 3)))
+    whole = torch.autograd.grad(endpoint_loss(net, batch, karras(3), student.phi(), False), student.parameters)
+    differentiated_rows = []
+
+    def recording(x, sigma):
+        if torch.is_grad_enabled():
+            differentiated_rows.append(x.shape[0])
+        return net(x, sigma)
+
+    settings = Settings(iterations=1, batch_size=8, lr=0.1, validation_every=1, seed=0, checkpointing=True,
+                        micro_batch_size=3)  # 3 + 3 + 2: the last micro-batch is smaller
+    loss, accumulated = batch_gradients(student, recording, batch, karras(3), settings)
+    assert loss == pytest.approx(float(endpoint_loss(net, batch, karras(3), student.phi(), False).detach()), rel=1e-12)
+    for expected, got in zip(whole, accumulated):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7) and expected.abs().sum() > 0
+    assert differentiated_rows and max(differentiated_rows) == 3
+
+    kwargs = {**SMALL, "iterations": 15, "teacher_steps": 8, "baselines": {}}
+    plain = distill(net, noise, karras, nfe=[3], **kwargs)
+    micro = distill(net, noise, karras, nfe=[3], micro_batch_size=5, **kwargs)
+    assert torch.allclose(micro.coefficients[3].weights, plain.coefficients[3].weights, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(micro.coefficients[3].weights, adams_bashforth(3, 3).weights)  # it trained
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        distill(net, noise, karras, nfe=[3], micro_batch_size=0, **kwargs)
 
 
 def test_conditions_reach_the_denoiser_row_by_row(mixture):

@@ -33,6 +33,9 @@ DEFAULT_TEACHER = "dpmpp_2m"
 DEFAULT_TEACHER_STEPS = 35
 #: Teacher pairs when none are given (20% held out).
 DEFAULT_PAIRS = 64
+#: Pairs per training forward/backward pass: gradients are accumulated over the mini-batch, so with
+#: checkpointing training needs about one model call (CFG'd) with its backward pass at batch 1.
+MICRO_BATCH_SIZE = 1
 #: ComfyUI samplers compared with the trained Φ, when the host has them (one model call per step each).
 BASELINES = ("euler", "ipndm", "ipndm_v", "dpmpp_2m", "deis", "uni_pc")
 
@@ -293,7 +296,8 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, teacher: str = DEF
             cache_key=cache_key, phi_fields=phi_fields, conditions=[index % prompt_count for index in range(pairs)],
             teacher=comfy_sampler(teacher, inner_model), teacher_steps=teacher_steps,
             baselines=comfy_baselines(facts, scheduler, inner_model),
-            divisor="net_sigma" if facts.prediction == "flow" else "sigma", checkpointing=True))
+            divisor="net_sigma" if facts.prediction == "flow" else "sigma", checkpointing=True,
+            micro_batch_size=MICRO_BATCH_SIZE))
 
     return with_comfy_denoisers(target, live)
 

@@ -40,7 +40,7 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
             teacher: Union[str, Solver] = "heun", teacher_steps: int = DEFAULT_TEACHER_STEPS,
             order: int = DEFAULT_ORDER, afs: bool = False, divisor: str = "sigma",
             variable_step_init: bool = False, iterations: int = DEFAULT_ITERATIONS,
-            batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+            batch_size: int = DEFAULT_BATCH_SIZE, micro_batch_size: Optional[int] = None, lr: float = DEFAULT_LR,
             validation_fraction: float = DEFAULT_VALIDATION_FRACTION, validation_every: Optional[int] = None,
             pairs: Optional[int] = None, teacher_batch_size: Optional[int] = None, seed: int = 0,
             checkpointing: bool = False, cache_dir=None, cache_key=None, state_dir=None, resume: bool = False,
@@ -71,6 +71,11 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
             fixed iPNDM rows.
         iterations: Adam steps per NFE (default 600); batch_size: pairs per step (default 32);
             lr: peak learning rate (default 0.05) after a 5% linear warm-up, cosine-decayed to 0.
+        micro_batch_size: pairs per forward/backward pass (default: the whole batch). Smaller values
+            accumulate the same gradient (up to float rounding) in that many pairs' memory: with
+            ``checkpointing``, training needs about one model call with its backward pass at this
+            batch. A resume may change it (say, after running out of memory); it is then exact only
+            up to float rounding.
         validation_fraction: share of the pairs held out (default 0.2; seeded split) for choosing the
             best Φ and for the table; validation_every: iterations between held-out checks
             (default ``iterations // 20``).
@@ -109,6 +114,7 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
     targets = [nfe] if isinstance(nfe, int) else list(nfe)
     settings = optimise.Settings(
         iterations=iterations, batch_size=batch_size, lr=lr, seed=seed, checkpointing=checkpointing,
+        micro_batch_size=batch_size if micro_batch_size is None else min(batch_size, micro_batch_size),
         validation_every=validation_every or max(1, iterations // 20))
     _check_arguments(targets, settings, validation_fraction, teacher_steps, resume, state_dir, phi_fields)
     run = _Distillation(
@@ -124,6 +130,8 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
 
 
 def _check_arguments(targets, settings, validation_fraction, teacher_steps, resume, state_dir, phi_fields) -> None:
+    if settings.micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be ≥ 1 (or None for the whole batch), got {settings.micro_batch_size}")
     if not targets or any(not isinstance(n, int) or n < 1 for n in targets) or len(set(targets)) != len(targets):
         raise ValueError(f"nfe must be distinct integers ≥ 1, got {targets}")
     if settings.iterations < 0 or settings.batch_size < 1 or not settings.lr > 0 or teacher_steps < 1:

@@ -8,6 +8,10 @@ the time scales are trained as log s, so s > 0 always. After each Adam step a pr
 running time above ``TIME_FLOOR``·σ_n (the update rule needs t̃ > 0 and a few-step grid that ends at
 σ_min then 0 leaves almost no room before its penultimate point).
 
+A mini-batch may be split into micro-batches whose gradients are summed before the Adam step: the
+same step (up to float rounding) with the activation memory of one micro-batch, which is what lets a
+large model train within a small multiple of one sampling call's memory.
+
 Everything that decides a number is a function of (seed, NFE, iteration), so a run resumed from its
 saved state finishes bit for bit as if it had never stopped.
 """
@@ -46,6 +50,7 @@ class Settings:
     validation_every: int
     seed: int
     checkpointing: bool
+    micro_batch_size: int  # pairs per forward/backward pass; ≥ batch_size = the whole mini-batch at once
 
 
 class Student:
@@ -184,23 +189,42 @@ class Diverged(Exception):
     """No step could be taken from the current Φ (the message says why)."""
 
 
+def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, settings: Settings) -> tuple:
+    """The mini-batch loss and its gradients in (W, log s), accumulated over micro-batches.
+
+    A micro-batch's mean loss enters with weight (its size / the batch's): every pair has as many
+    latent elements as any other, so the weighted sum is the batch mean of Algorithm 1, line 6, and
+    its gradient the batch gradient. Only one micro-batch's graph is alive at a time. Gradients are
+    taken with :func:`torch.autograd.grad` for W and log s only, so none are ever built for (or
+    accumulated into) the model's own parameters.
+
+    Raises:
+        Diverged: a loss is NaN/Inf, or the update rule refused the Φ.
+    """
+    loss, gradients = 0.0, None
+    for start in range(0, len(batch), settings.micro_batch_size):
+        part = batch.subset(slice(start, start + settings.micro_batch_size))
+        try:
+            with torch.enable_grad():
+                part_loss = endpoint_loss(denoise, part, sigmas, student.phi(), settings.checkpointing)
+                part_loss = part_loss * (len(part) / len(batch))
+                if not torch.isfinite(part_loss):
+                    raise Diverged(f"the loss became {float(part_loss)}")
+                part_gradients = torch.autograd.grad(part_loss, student.parameters)
+        except (CoefficientError, SamplingError) as error:
+            raise Diverged(f"the current Φ is unusable ({error})") from None
+        loss += float(part_loss.detach())
+        gradients = part_gradients if gradients is None else [g + p for g, p in zip(gradients, part_gradients)]
+    return loss, gradients
+
+
 def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigmas, settings: Settings) -> float:
     """One Adam step; returns the batch loss.
-
-    Gradients are taken with :func:`torch.autograd.grad` for W and log s only, so none are ever built
-    for (or accumulated into) the model's own parameters.
 
     Raises:
         Diverged: the loss or a gradient is NaN/Inf, or the update rule refused the Φ.
     """
-    try:
-        with torch.enable_grad():
-            loss = endpoint_loss(denoise, batch, sigmas, student.phi(), settings.checkpointing)
-            if not torch.isfinite(loss):
-                raise Diverged(f"the loss became {float(loss)}")
-            gradients = torch.autograd.grad(loss, student.parameters)
-    except (CoefficientError, SamplingError) as error:
-        raise Diverged(f"the current Φ is unusable ({error})") from None
+    loss, gradients = batch_gradients(student, denoise, batch, sigmas, settings)
     if not all(torch.isfinite(g).all() for g in gradients):
         raise Diverged("a gradient became NaN/Inf")
     for parameter, gradient in zip(student.parameters, gradients):
@@ -210,7 +234,7 @@ def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigma
         group["lr"] = lr
     optimizer.step()
     student.keep_time_positive(sigmas)
-    return float(loss.detach())
+    return loss
 
 
 def _validate(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, settings: Settings) -> None:

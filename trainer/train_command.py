@@ -64,6 +64,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                           help="Adam steps per NFE (default %(default)s)")
     training.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                           help="pairs per step (default %(default)s)")
+    training.add_argument("--micro-batch-size", type=int,
+                          help="pairs per forward/backward pass; gradients are summed over the step's batch, so "
+                               "smaller values save memory at the same result (default: 1 for a ComfyUI model, "
+                               "else the whole batch)")
     training.add_argument("--lr", type=float, default=DEFAULT_LR,
                           help="peak learning rate (default %(default)s)")
     training.add_argument("--order", type=int, default=DEFAULT_ORDER,
@@ -139,6 +143,8 @@ def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path
         iterations=arguments.iterations, batch_size=arguments.batch_size, lr=arguments.lr,
         validation_fraction=arguments.validation_fraction, pairs=arguments.pairs, seed=arguments.seed,
         cache_dir=cache_dir, state_dir=state_dir, resume=arguments.resume)
+    if arguments.micro_batch_size is not None:
+        options["micro_batch_size"] = arguments.micro_batch_size
     if source.teacher is None:
         options["teacher"] = arguments.teacher or DEFAULT_TEACHER
     if source.teacher_steps is None:
