@@ -105,7 +105,7 @@ def child_comfy_pairs(spec: dict) -> dict:
     _, adapter, target = _comfy_setup()
     result = adapter.distill_for_comfy(
         target, [COMFY["nfe"]], teacher=COMFY["teacher"], teacher_steps=COMFY["teacher_steps"], pairs=spec["pairs"],
-        iterations=0, batch_size=COMFY["batch"], teacher_batch_size=COMFY["batch"], cache_dir=spec["cache_dir"],
+        iterations=0, batch_size=COMFY["batch"], sampling_batch_size=COMFY["batch"], cache_dir=spec["cache_dir"],
         progress=lambda event: None)
     return {"cache_hit": result.timings["teacher_cache_hit"]}
 
@@ -163,7 +163,7 @@ def child_comfy_train(spec: dict) -> dict:
     micro = {} if spec["micro_batch_size"] is None else {"micro_batch_size": spec["micro_batch_size"]}
     result = adapter.distill_for_comfy(
         target, [COMFY["nfe"]], teacher=COMFY["teacher"], teacher_steps=COMFY["teacher_steps"], pairs=spec["pairs"],
-        iterations=COMFY["iterations"], batch_size=COMFY["batch"], teacher_batch_size=COMFY["batch"],
+        iterations=COMFY["iterations"], batch_size=COMFY["batch"], sampling_batch_size=COMFY["batch"],
         cache_dir=spec["cache_dir"], progress=lambda event: None, **micro)
     seconds = time.perf_counter() - start
     assert result.timings["teacher_cache_hit"], "the training measurement expects cached pairs"

@@ -56,7 +56,7 @@ class Settings:
     test_pairs: int = 256       # fresh seeds for the table and the grid
     iterations: int = 200       # Adam steps per NFE
     batch_size: int = 32        # pairs per Adam step
-    teacher_batch_size: int = 128
+    sampling_batch_size: int = 128  # pairs per model call without gradients (teacher, checks)
     teacher: str = "heun"
     teacher_steps: int = 64     # Heun: 2·64 model calls per image; RMSE to Heun×256 is ≈ 0.003
     order: int = 3              # K, the gradient history (the paper's pixel-space choice)
@@ -75,7 +75,7 @@ class Settings:
 #: The full demo (the README's command).
 FULL = Settings()
 #: A smoke-sized run for the test suite: same code path, seconds instead of minutes.
-QUICK = Settings(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, teacher_batch_size=24,
+QUICK = Settings(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
                  teacher_steps=8, grid_seeds=6)
 #: Seeds of the two noise sets (independent generators).
 TRAIN_NOISE_SEED, TEST_NOISE_SEED = 1, 2
@@ -176,7 +176,7 @@ def teacher_set(model: DemoModel, settings: Settings, cache_dir: Path, split: st
     key = pairs_key(model.cache_key(settings, split), teacher, sigmas, noise, None)
     with torch.no_grad():
         return teacher_pairs(model.denoise, noise, torch.arange(len(noise)), None, teacher, sigmas,
-                             settings.teacher_batch_size, key, cache_path(cache_dir, key), Reporter())
+                             settings.sampling_batch_size, key, cache_path(cache_dir, key), Reporter())
 
 
 def distil(model: DemoModel, settings: Settings, cache_dir: Path, progress=None):
@@ -185,7 +185,7 @@ def distil(model: DemoModel, settings: Settings, cache_dir: Path, progress=None)
         model.denoise, noise_for(model, settings, "train"), model.schedule(settings.rho),
         nfe=list(settings.nfe), teacher=settings.teacher, teacher_steps=settings.teacher_steps,
         order=settings.order, afs=settings.afs, iterations=settings.iterations, batch_size=settings.batch_size,
-        lr=settings.lr, teacher_batch_size=settings.teacher_batch_size, seed=settings.seed,
+        lr=settings.lr, sampling_batch_size=settings.sampling_batch_size, seed=settings.seed,
         checkpointing=settings.checkpointing, cache_dir=cache_dir, cache_key=model.cache_key(settings, "train"), progress=progress,
         phi_fields={
             "schedule": {"kind": "edm", "rho": settings.rho},

@@ -215,7 +215,7 @@ def test_checkpointing_changes_nothing_and_no_model_gradients_are_built(mixture)
     assert torch.equal(*gradients) and gradients[0].abs().sum() > 0
 
 
-def test_micro_batches_give_the_batch_gradient_and_bound_the_differentiated_batch(mixture):
+def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(mixture):
     net = TinyNet(mixture.dim)
     noise = latents(24, mixture.dim, 7)
     pairs = distill(net, noise, karras, nfe=[3], **{**SMALL, "iterations": 0, "teacher_steps": 8}).pairs
@@ -230,20 +230,29 @@ def test_micro_batches_give_the_batch_gradient_and_bound_the_differentiated_batc
         return net(x, sigma)
 
     settings = Settings(iterations=1, batch_size=8, lr=0.1, validation_every=1, seed=0, checkpointing=True,
-                        micro_batch_size=3)  # 3 + 3 + 2: the last micro-batch is smaller
+                        micro_batch_size=3, sampling_batch_size=8)  # 3 + 3 + 2: the last micro-batch is smaller
     loss, accumulated = batch_gradients(student, recording, batch, karras(3), settings)
     assert loss == pytest.approx(float(endpoint_loss(net, batch, karras(3), student.phi(), False).detach()), rel=1e-12)
     for expected, got in zip(whole, accumulated):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7) and expected.abs().sum() > 0
     assert differentiated_rows and max(differentiated_rows) == 3
 
-    kwargs = {**SMALL, "iterations": 15, "teacher_steps": 8, "baselines": {}}
+    kwargs = {**SMALL, "iterations": 15, "teacher_steps": 8}
     plain = distill(net, noise, karras, nfe=[3], **kwargs)
-    micro = distill(net, noise, karras, nfe=[3], micro_batch_size=5, **kwargs)
+    rows_by_grad = {True: [], False: []}
+
+    def recording_all(x, sigma):
+        rows_by_grad[torch.is_grad_enabled()].append(x.shape[0])
+        return net(x, sigma)
+
+    micro = distill(recording_all, noise, karras, nfe=[3], micro_batch_size=5, sampling_batch_size=3, **kwargs)
     assert torch.allclose(micro.coefficients[3].weights, plain.coefficients[3].weights, rtol=1e-4, atol=1e-5)
     assert not torch.equal(micro.coefficients[3].weights, adams_bashforth(3, 3).weights)  # it trained
-    with pytest.raises(ValueError, match="micro_batch_size"):
-        distill(net, noise, karras, nfe=[3], micro_batch_size=0, **kwargs)
+    assert max(rows_by_grad[True]) == 5  # training: micro-batches of batch_size 16
+    assert max(rows_by_grad[False]) == 3  # the teacher, the held-out checks and the baselines
+    for bad in ({"micro_batch_size": 0}, {"sampling_batch_size": 0}):
+        with pytest.raises(ValueError, match="sampling_batch_size"):
+            distill(net, noise, karras, nfe=[3], **bad, **kwargs)
 
 
 def test_conditions_reach_the_denoiser_row_by_row(mixture):
@@ -308,7 +317,9 @@ def test_train_command_end_to_end(tmp_path):
     refused = train()
     assert refused.returncode == 2 and "--force" in refused.stderr
     assert (out / "toy-gmm-nfe3.safetensors").read_bytes() == before
-    assert train("--force").returncode == 0
+    refused = train("--force", "--micro-batch-size", "0")
+    assert refused.returncode == 2 and "micro_batch_size" in refused.stderr
+    assert train("--force", "--micro-batch-size", "3", "--sampling-batch-size", "5").returncode == 0
 
 
 def test_interrupting_without_a_state_dir_still_returns_the_best_so_far(mixture):

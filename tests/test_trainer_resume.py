@@ -11,7 +11,7 @@ from comfyui_dyweight.trainer import TrainingInterrupted, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture
 from comfyui_dyweight.trainer.teachers import sample_heun
 
-SETTINGS = dict(nfe=[3, 4], teacher_steps=16, iterations=60, batch_size=8, validation_every=20, teacher_batch_size=8)
+SETTINGS = dict(nfe=[3, 4], teacher_steps=16, iterations=60, batch_size=8, validation_every=20, sampling_batch_size=8)
 
 
 

@@ -36,6 +36,9 @@ DEFAULT_PAIRS = 64
 #: Pairs per training forward/backward pass: gradients are accumulated over the mini-batch, so with
 #: checkpointing training needs about one model call (CFG'd) with its backward pass at batch 1.
 MICRO_BATCH_SIZE = 1
+#: Pairs per sampling call without gradients (teacher, held-out checks, baselines): a batch that fits
+#: wherever ComfyUI samples a batch of 4 images.
+SAMPLING_BATCH_SIZE = 4
 #: ComfyUI samplers compared with the trained Φ, when the host has them (one model call per step each).
 BASELINES = ("euler", "ipndm", "ipndm_v", "dpmpp_2m", "deis", "uni_pc")
 
@@ -297,7 +300,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, teacher: str = DEF
             teacher=comfy_sampler(teacher, inner_model), teacher_steps=teacher_steps,
             baselines=comfy_baselines(facts, scheduler, inner_model),
             divisor="net_sigma" if facts.prediction == "flow" else "sigma", checkpointing=True,
-            micro_batch_size=MICRO_BATCH_SIZE))
+            micro_batch_size=MICRO_BATCH_SIZE, sampling_batch_size=SAMPLING_BATCH_SIZE))
 
     return with_comfy_denoisers(target, live)
 

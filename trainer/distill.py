@@ -42,7 +42,7 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
             variable_step_init: bool = False, iterations: int = DEFAULT_ITERATIONS,
             batch_size: int = DEFAULT_BATCH_SIZE, micro_batch_size: Optional[int] = None, lr: float = DEFAULT_LR,
             validation_fraction: float = DEFAULT_VALIDATION_FRACTION, validation_every: Optional[int] = None,
-            pairs: Optional[int] = None, teacher_batch_size: Optional[int] = None, seed: int = 0,
+            pairs: Optional[int] = None, sampling_batch_size: Optional[int] = None, seed: int = 0,
             checkpointing: bool = False, cache_dir=None, cache_key=None, state_dir=None, resume: bool = False,
             baselines: Optional[dict] = None, conditions: Optional[Sequence[int]] = None,
             phi_fields: Optional[dict] = None,
@@ -81,7 +81,9 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
             (default ``iterations // 20``).
         pairs: how many pairs to draw (default: ``len(conditions)``, else all rows of a noise tensor,
             else 256).
-        teacher_batch_size: pairs per teacher call (default ``batch_size``).
+        sampling_batch_size: pairs per model-call batch where no gradient is taken — the teacher, the
+            held-out checks and the baselines (default ``batch_size``); it bounds the memory of
+            those calls as ``micro_batch_size`` bounds training's.
         seed: seeds the split and the mini-batches (each a function of (seed, NFE, iteration)).
         checkpointing: recompute each model call in the backward pass (per-step gradient
             checkpointing; memory near one model call instead of N). Results are identical.
@@ -115,6 +117,7 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
     settings = optimise.Settings(
         iterations=iterations, batch_size=batch_size, lr=lr, seed=seed, checkpointing=checkpointing,
         micro_batch_size=batch_size if micro_batch_size is None else min(batch_size, micro_batch_size),
+        sampling_batch_size=batch_size if sampling_batch_size is None else sampling_batch_size,
         validation_every=validation_every or max(1, iterations // 20))
     _check_arguments(targets, settings, validation_fraction, teacher_steps, resume, state_dir, phi_fields)
     run = _Distillation(
@@ -126,12 +129,13 @@ def distill(denoise: Callable, noise: NoiseSource, schedule: Callable[[int], tor
         reporter=Reporter(progress))
     with torch.inference_mode(False):
         latents, seeds, labels = draw_noise(noise, pairs, conditions)
-        return run.execute(latents, seeds, labels, teacher_batch_size or batch_size, cache_dir, cache_key, resume)
+        return run.execute(latents, seeds, labels, cache_dir, cache_key, resume)
 
 
 def _check_arguments(targets, settings, validation_fraction, teacher_steps, resume, state_dir, phi_fields) -> None:
-    if settings.micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be ≥ 1 (or None for the whole batch), got {settings.micro_batch_size}")
+    if settings.micro_batch_size < 1 or settings.sampling_batch_size < 1:
+        raise ValueError(f"micro_batch_size and sampling_batch_size must be ≥ 1 (or None for batch_size), got "
+                         f"{settings.micro_batch_size} and {settings.sampling_batch_size}")
     if not targets or any(not isinstance(n, int) or n < 1 for n in targets) or len(set(targets)) != len(targets):
         raise ValueError(f"nfe must be distinct integers ≥ 1, got {targets}")
     if settings.iterations < 0 or settings.batch_size < 1 or not settings.lr > 0 or teacher_steps < 1:
@@ -171,7 +175,7 @@ class _Distillation:
     validation_index: Optional[torch.Tensor] = None
 
     # --- the run -----------------------------------------------------------------------------
-    def execute(self, latents, seeds, labels, teacher_batch_size, cache_dir, cache_key, resume) -> DistillResult:
+    def execute(self, latents, seeds, labels, cache_dir, cache_key, resume) -> DistillResult:
         teacher_sigmas = self._grid(self.teacher_steps, "the teacher")
         key = pairs_key(cache_key, self.teacher, teacher_sigmas, latents, labels)
         self.config = self._config(cache_path(".", key).stem)
@@ -179,7 +183,8 @@ class _Distillation:
             self.runs = load_state(self.state_dir, self.config)
         try:
             self.teacher_run = teacher_pairs(self.denoise, latents, seeds, labels, self.teacher, teacher_sigmas,
-                                             teacher_batch_size, key, self._pairs_store(cache_dir, cache_key, key),
+                                             self.settings.sampling_batch_size, key,
+                                             self._pairs_store(cache_dir, cache_key, key),
                                              self.reporter)
             train_index, self.validation_index = self._split(len(latents))
             pairs = self.teacher_run.pairs
@@ -211,7 +216,7 @@ class _Distillation:
 
     def _start(self, nfe: int, template: Coefficients, sigmas, validation_pairs: PairSet) -> NfeRun:
         weights, log_scale = optimise.initial_parameters(template)
-        rmse = optimise.phi_rmse(template, sigmas, self.denoise, validation_pairs, self.settings.batch_size)
+        rmse = optimise.phi_rmse(template, sigmas, self.denoise, validation_pairs, self.settings.sampling_batch_size)
         if not math.isfinite(rmse):
             raise ValueError(f"NFE {nfe}: the initial Φ gives NaN/Inf on the held-out pairs; check the model")
         run = NfeRun(nfe=nfe, weights=weights, log_scale=log_scale, best_weights=template.weights,
@@ -269,7 +274,7 @@ class _Distillation:
         for name, baseline in self.baselines.items():
             try:
                 rmse = optimise.held_out_rmse(lambda model, x: baseline(model, x, nfe), self.denoise, pairs,
-                                              self.settings.batch_size)
+                                              self.settings.sampling_batch_size)
             except Exception as error:  # a host sampler may refuse an NFE; the table says so instead
                 rmse = math.nan
                 notes.append(f"NFE {nfe}: baseline '{name}' failed ({type(error).__name__}: {error})")

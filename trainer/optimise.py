@@ -51,6 +51,7 @@ class Settings:
     seed: int
     checkpointing: bool
     micro_batch_size: int  # pairs per forward/backward pass; ≥ batch_size = the whole mini-batch at once
+    sampling_batch_size: int  # pairs per model-call batch without gradients (held-out checks)
 
 
 class Student:
@@ -241,7 +242,7 @@ def _validate(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, se
     """Held-out RMSE of the current Φ; keep it as the best when it beats every earlier one."""
     try:
         phi = student.phi().detached()
-        rmse = phi_rmse(phi, sigmas, denoise, pairs, settings.batch_size)
+        rmse = phi_rmse(phi, sigmas, denoise, pairs, settings.sampling_batch_size)
     except (CoefficientError, SamplingError) as error:
         rmse = math.nan
         reason = f"the current Φ is unusable on held-out data ({error})"

@@ -29,8 +29,10 @@ class ModelSource:
     """Everything :func:`~comfyui_dyweight.trainer.distill` needs about a model.
 
     ``teacher``/``teacher_steps``/``baselines`` of ``None`` mean the command-line teacher and the built-in
-    baselines; ``divisor`` is the model family's (``net_sigma`` for FLUX); ``checkpointing`` is on and
-    ``micro_batch_size`` small for neural models (training then needs about one model call's memory). ``default_out``/``default_cache_dir`` are the command's folders when none are given.
+    baselines; ``divisor`` is the model family's (``net_sigma`` for FLUX). For neural models
+    ``checkpointing`` is on and ``micro_batch_size``/``sampling_batch_size`` are small, so training
+    needs about one sampling call's memory at a small batch. ``default_out``/``default_cache_dir`` are
+    the command's folders when none are given.
     """
 
     name: str
@@ -45,6 +47,7 @@ class ModelSource:
     divisor: str = "sigma"
     checkpointing: bool = False
     micro_batch_size: Optional[int] = None
+    sampling_batch_size: Optional[int] = None
     teacher_steps: Optional[int] = None
     default_out: Optional[Path] = None
     default_cache_dir: Optional[Path] = None
@@ -74,7 +77,8 @@ def distill_source(source: ModelSource, nfe, **options):
     ``distill``'s defaults), then ``options`` (iterations, cache_dir, state_dir, …), which win."""
     fields = {"teacher": source.teacher, "teacher_steps": source.teacher_steps, "baselines": source.baselines,
               "conditions": source.conditions, "divisor": source.divisor, "checkpointing": source.checkpointing,
-              "micro_batch_size": source.micro_batch_size, "cache_key": source.cache_key, "phi_fields": source.phi_fields}
+              "micro_batch_size": source.micro_batch_size, "sampling_batch_size": source.sampling_batch_size,
+              "cache_key": source.cache_key, "phi_fields": source.phi_fields}
     fields = {key: value for key, value in fields.items() if value is not None}
     return distill(source.denoise, source.noise, source.schedule, nfe, **{**fields, **options})
 

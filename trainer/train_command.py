@@ -68,6 +68,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                           help="pairs per forward/backward pass; gradients are summed over the step's batch, so "
                                "smaller values save memory at the same result (default: 1 for a ComfyUI model, "
                                "else the whole batch)")
+    training.add_argument("--sampling-batch-size", type=int,
+                          help="pairs per model call without gradients: the teacher, the held-out checks and the "
+                               "baselines (default: 4 for a ComfyUI model, else --batch-size)")
     training.add_argument("--lr", type=float, default=DEFAULT_LR,
                           help="peak learning rate (default %(default)s)")
     training.add_argument("--order", type=int, default=DEFAULT_ORDER,
@@ -143,8 +146,9 @@ def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path
         iterations=arguments.iterations, batch_size=arguments.batch_size, lr=arguments.lr,
         validation_fraction=arguments.validation_fraction, pairs=arguments.pairs, seed=arguments.seed,
         cache_dir=cache_dir, state_dir=state_dir, resume=arguments.resume)
-    if arguments.micro_batch_size is not None:
-        options["micro_batch_size"] = arguments.micro_batch_size
+    for name in ("micro_batch_size", "sampling_batch_size"):  # else the source's default
+        if getattr(arguments, name) is not None:
+            options[name] = getattr(arguments, name)
     if source.teacher is None:
         options["teacher"] = arguments.teacher or DEFAULT_TEACHER
     if source.teacher_steps is None:
