@@ -11,8 +11,8 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..trainer.comfy_adapter import (DEFAULT_TEACHER, DEFAULT_TEACHER_STEPS, ComfyTarget, distill_for_comfy,
-                                     encode_prompt, latent_shape)
+from ..trainer.comfy_adapter import (DEFAULT_TEACHER, DEFAULT_TEACHER_STEPS, MICRO_BATCH_SIZE, SAMPLING_BATCH_SIZE,
+                                     ComfyTarget, distill_for_comfy, encode_prompt, latent_shape)
 from ..trainer.progress import TrainingInterrupted
 from ..trainer.report import validation_markdown
 from .folders import FOLDER_NAME
@@ -104,11 +104,21 @@ class DyWeightTrain:
                 "file_name": ("STRING", {"default": "dyweight",
                                          "tooltip": "Saved as models/dyweight/<file_name>-nfe<steps>.safetensors."}),
             },
+            "optional": {
+                "micro_batch": ("INT", {"default": MICRO_BATCH_SIZE, "min": 1, "max": 256,
+                                        "tooltip": "Images per training forward/backward pass. Gradients are "
+                                                   "summed over each step, so the result is the same; larger is "
+                                                   "faster on a big GPU and needs more memory."}),
+                "sampling_batch": ("INT", {"default": SAMPLING_BATCH_SIZE, "min": 1, "max": 256,
+                                           "tooltip": "Images per teacher or validation sampling call (as a "
+                                                      "KSampler batch): raise it on a big GPU for speed."}),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, prompts, negative, cfg, width, height, steps, pairs, iterations, teacher_sampler,
-              teacher_steps, seed, file_name, unique_id=None):
+              teacher_steps, seed, file_name, micro_batch=MICRO_BATCH_SIZE, sampling_batch=SAMPLING_BATCH_SIZE,
+              unique_id=None):
         prompt_list = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not prompt_list:
             raise ValueError("DyWeight training needs at least one prompt (one per line)")
@@ -119,7 +129,8 @@ class DyWeightTrain:
         try:
             result = distill_for_comfy(
                 target, [steps], teacher=teacher_sampler, teacher_steps=teacher_steps, pairs=pairs, seed=seed,
-                prompts=prompt_list, iterations=iterations, cache_dir=cache_folder(),
+                prompts=prompt_list, iterations=iterations, micro_batch_size=micro_batch,
+                sampling_batch_size=sampling_batch, cache_dir=cache_folder(),
                 progress=TrainingProgress(unique_id, pairs, iterations))
         except TrainingInterrupted as stop:
             self._keep_best(stop, steps, path, unique_id)

@@ -114,6 +114,24 @@ def test_train_node_saves_phi_reports_progress_and_feeds_ksampler(dw, checkpoint
     assert torch.isfinite(sampled["result"][0]["samples"]).all()
 
 
+def test_train_node_batches_bound_what_the_model_sees(dw, checkpoint, dyweight_folder):
+    model, clip = checkpoint
+    model = model.clone()
+    rows = {True: [], False: []}  # the U-Net's batch sizes, with / without gradients
+
+    def recording(apply_model, arguments):
+        rows[torch.is_grad_enabled()].append(arguments["input"].shape[0])
+        return apply_model(arguments["input"], arguments["timestep"], **arguments["c"])
+
+    model.set_model_unet_function_wrapper(recording)
+    with torch.inference_mode():
+        dw.DyWeightTrain().train(**train_node_inputs(model, clip, prompts="a red cube", pairs=10, iterations=2,
+                                                     file_name="batches", micro_batch=2, sampling_batch=3))
+    joined = 2  # with CFG, ComfyUI runs cond and uncond as one U-Net batch (memory permitting)
+    assert max(rows[True]) == 2 * joined  # micro-batches of 2 latents per backward pass
+    assert max(rows[False]) == 3 * joined  # the teacher and the held-out checks: 3 latents per call
+
+
 def test_cancel_keeps_the_best_phi_so_far(dw, checkpoint, dyweight_folder, monkeypatch):
     import comfy.model_management
 
