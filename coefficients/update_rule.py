@@ -79,10 +79,10 @@ def dyweight_sample(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, ph
     weights = phi.weights.to(device=x.device, dtype=work)
     scales = phi.time_scale.to(device=x.device, dtype=work)
     times = shifted_times(weights, sig)
-    _check_times(times, scales, phi)
     queries = scales * times  # the model is asked at s_n·t̃_n (Eq. 7)
     if phi.afs:
         queries = torch.cat([times[:1], queries[1:]])  # no model call at step 0; its callback reports t̃_0
+    _check_times(times, queries, phi)
     rows = step_coefficients(weights, sig[1:] - times, times if phi.divisor == "sigma" else queries)
     queries = queries.unbind()
 
@@ -119,10 +119,10 @@ def step_coefficients(weights: torch.Tensor, step_sizes: torch.Tensor, divisors:
     return [cells[n * order:(n + 1) * order] for n in range(steps)]
 
 
-def _check_times(times: torch.Tensor, scales: torch.Tensor, phi: Coefficients) -> None:
+def _check_times(times: torch.Tensor, queries: torch.Tensor, phi: Coefficients) -> None:
     """One host sync before any model call: every running time and query time must be positive."""
-    times, scales = times.detach(), scales.detach()
-    bad = ((times <= 0) | (times * scales <= 0)).nonzero()
+    times, queries = times.detach(), queries.detach()
+    bad = ((times <= 0) | (queries <= 0)).nonzero()
     if bad.numel():
         n = int(bad[0])
         raise SamplingError(
