@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from comfyui_dyweight.coefficients.atomic import write_text_atomic
+from comfyui_dyweight.atomic import write_text_atomic
 from comfyui_dyweight.demo import figures, pipeline
 from comfyui_dyweight.trainer.teachers import BASELINE_SOLVERS
 
@@ -57,7 +57,7 @@ def comfy_solvers(use_host: bool) -> tuple:
                 raise RuntimeError(comfy_host.NO_HOST_REASON)
             host = comfy_host.import_host()
             import comfy.samplers
-            from comfyui_dyweight.trainer.comfy_adapter import comfy_sampler
+            from comfyui_dyweight.host.training_target import comfy_sampler
         except BaseException as error:  # pytest's skip/fail are BaseExceptions too
             if isinstance(error, KeyboardInterrupt):
                 raise

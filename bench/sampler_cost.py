@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from comfyui_dyweight.coefficients import adams_bashforth, dyweight_sample
-from comfyui_dyweight.coefficients.atomic import write_text_atomic
+from comfyui_dyweight.atomic import write_text_atomic
 from comfyui_dyweight.demo import pipeline
 from comfyui_dyweight.trainer.teachers import sample_euler
 
@@ -46,7 +46,7 @@ def host_euler():
             raise RuntimeError(comfy_host.NO_HOST_REASON)
         comfy_host.import_host()
         import comfy.k_diffusion.sampling as sampling
-        from comfyui_dyweight.trainer.comfy_adapter import SamplerModel
+        from comfyui_dyweight.host.training_target import SamplerModel
     except BaseException as error:  # pytest's skip/fail are BaseExceptions too
         if isinstance(error, KeyboardInterrupt):
             raise

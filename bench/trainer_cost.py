@@ -14,7 +14,7 @@ and ``work`` their difference: what the work itself needed on top of the process
      (seconds per iteration include the trainer's held-out checks), without and with per-call gradient
      checkpointing, and at NFE 5 from 64 pairs.
 2. The trainer's memory bar on the tiny SD15-family ComfyUI model of the test suite (``tests/comfy_host``),
-   through ``trainer/comfy_adapter.py``: the peak while training NFE 5 with checkpointing and the
+   through ``host/training_target.py``: the peak while training NFE 5 with checkpointing and the
    adapter's default micro-batches (``distill_for_comfy``, teacher pairs already cached) against one
    teacher sampling call of the same batch (ComfyUI's ``dpmpp_2m``, 35 steps, through the same guided
    denoiser). Bar: ≤ 1.5×. For scale: training with the whole batch in one backward pass, and one
@@ -89,7 +89,7 @@ def _comfy_setup():
     import comfy_host
 
     host = comfy_host.import_host()
-    from comfyui_dyweight.trainer import comfy_adapter as adapter
+    from comfyui_dyweight.host import training_target as adapter
 
     model = comfy_host.tiny_sd15_model(seed=0)
     conditioning = comfy_host.tiny_sd15_conditioning(batch=1, seed=1)
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(CHILDREN[spec["kind"]](spec)), flush=True)
         return 0
 
-    from comfyui_dyweight.coefficients.atomic import write_text_atomic
+    from comfyui_dyweight.atomic import write_text_atomic
     from comfyui_dyweight.demo import pipeline
 
     with tempfile.TemporaryDirectory(prefix="dyweight-trainer-cost-") as scratch:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from comfyui_dyweight.coefficients import dyweight_sample, edm_sigmas
-from comfyui_dyweight.coefficients.atomic import write_text_atomic
+from comfyui_dyweight.atomic import write_text_atomic
 from comfyui_dyweight.trainer import TEACHERS, default_baselines, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture
 from comfyui_dyweight.trainer.distill import DEFAULT_TEACHER_STEPS

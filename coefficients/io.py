@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .errors import CoefficientError, CoefficientFileError
 from .phi import FORMAT, Coefficients
 
@@ -63,7 +63,7 @@ def _read_header(path: Path, raw: bytes) -> dict:
             path, "pickle",
             "this is a Python pickle / torch.save archive, not a safetensors file. DyWeight never unpickles "
             "files (they can run code); convert released coefficients with "
-            "`python -m comfyui_dyweight.trainer import`")
+            "`python -m comfyui_dyweight import`")
     if len(raw) < 8:
         raise CoefficientFileError(path, "truncated", f"the file is only {len(raw)} bytes long (truncated?)")
     (header_size,) = struct.unpack("<Q", raw[:8])

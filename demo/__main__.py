@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from ..coefficients.atomic import write_text_atomic  # noqa: E402
+from ..atomic import write_text_atomic  # noqa: E402
 from ..trainer.report import write_report  # noqa: E402
 from . import figures, pipeline  # noqa: E402
 from .pipeline import HAND_MADE, SOLVERS  # noqa: E402

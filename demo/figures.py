@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..coefficients.atomic import atomic_path
+from ..atomic import atomic_path
 from .font import HEIGHT as FONT_HEIGHT, text_mask, text_width
 
 BACKGROUND = (255, 255, 255)

@@ -61,15 +61,16 @@ def facts_from_sampler_model(model) -> ModelFacts:
     return _facts(base_model, model_sampling)
 
 
-def scheduler_names() -> list:
-    return list(comfy.samplers.SCHEDULER_NAMES)
+def check_scheduler(scheduler: str, what: str = "this Φ's scheduler") -> None:
+    """``ValueError`` naming this ComfyUI's schedulers when ``scheduler`` is not one of them."""
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise ValueError(f"{what} '{scheduler}' is not one of this ComfyUI's schedulers "
+                         f"({', '.join(comfy.samplers.SCHEDULER_NAMES)}); update ComfyUI or choose another")
 
 
 def comfy_sigmas(model_sampling, scheduler: str, steps: int):
     """ComfyUI's own schedule (so shift patches apply); 2024 hosts key their schedulers on the model."""
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise ValueError(f"this Φ uses the '{scheduler}' scheduler, which this ComfyUI does not have "
-                         f"({', '.join(comfy.samplers.SCHEDULER_NAMES)}); update ComfyUI or use another Φ")
+    check_scheduler(scheduler)
     if hasattr(comfy.samplers, "calculate_sigmas"):
         return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
     return comfy.samplers.calculate_sigmas_scheduler(types.SimpleNamespace(model_sampling=model_sampling),

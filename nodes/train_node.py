@@ -11,7 +11,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..trainer.comfy_adapter import (DEFAULT_TEACHER, DEFAULT_TEACHER_STEPS, MICRO_BATCH_SIZE, SAMPLING_BATCH_SIZE,
+from ..host.training_target import (DEFAULT_TEACHER, DEFAULT_TEACHER_STEPS, MICRO_BATCH_SIZE, SAMPLING_BATCH_SIZE,
                                      ComfyTarget, distill_for_comfy, encode_prompt, latent_shape)
 from ..trainer.progress import TrainingInterrupted
 from ..trainer.report import validation_markdown

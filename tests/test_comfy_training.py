@@ -29,7 +29,7 @@ def dw(host):
 
 @pytest.fixture(scope="module")
 def adapter(host):
-    return importlib.import_module("comfyui_dyweight.trainer.comfy_adapter")
+    return importlib.import_module("comfyui_dyweight.host.training_target")
 
 
 def two_prompt_target(adapter, model):

@@ -26,11 +26,11 @@ import torch
 
 from comfyui_dyweight.coefficients import Coefficients, dyweight_sample, edm_sigmas, flux_sigmas
 from comfyui_dyweight.coefficients.schedules import base_sigmas
-from comfyui_dyweight.trainer import import_command
+from comfyui_dyweight.cli import import_release as import_command
 from comfyui_dyweight.trainer.analytic import gaussian_denoiser
-from comfyui_dyweight.trainer.release_import import (
+from comfyui_dyweight.release.convert import (
     ReleaseImportError, flux_resolution_mu, import_release_file, import_release_files)
-from comfyui_dyweight.trainer.safe_unpickle import UnsafePickleError, load_release_object, safe_loads
+from comfyui_dyweight.release.safe_unpickle import UnsafePickleError, load_release_object, safe_loads
 from reference_tables import compact_weights, load_tables, sd15_uniform_time_sigmas
 
 F64 = torch.float64

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import comfy_host
 from comfyui_dyweight.coefficients import Coefficients
-from comfyui_dyweight.trainer.cli import main
+from comfyui_dyweight.cli import main
 
 TESTS = Path(__file__).resolve().parent
 PROMPTS = "a photo of a cat\n\n   a watercolour landscape  \n\n"
@@ -83,7 +83,7 @@ def interrupt(workspace, when: str, *arguments, timeout=240):
 
 
 def host_baselines(host) -> list:
-    from comfyui_dyweight.trainer.comfy_adapter import BASELINES
+    from comfyui_dyweight.host.training_target import BASELINES
 
     return [name for name in BASELINES if name in host.sampler_names]
 
@@ -186,7 +186,7 @@ def test_prompts_are_encoded_and_guided_exactly_as_the_stock_nodes_do(workspace)
     import nodes
     import torch
 
-    from comfyui_dyweight.trainer.comfy_adapter import encode_prompt, with_guidance
+    from comfyui_dyweight.host.training_target import encode_prompt, with_guidance
 
     with torch.inference_mode():
         clip = comfy.sd.load_checkpoint_guess_config(str(workspace.checkpoint), output_vae=False)[1]

@@ -296,7 +296,7 @@ def test_builtin_solvers_converge_at_their_order(name, order):
 
 def test_train_command_end_to_end(tmp_path):
     out = tmp_path / "phi"
-    command = [sys.executable, "-m", "comfyui_dyweight.trainer", "train", "--toy", "gmm", "--out", str(out),
+    command = [sys.executable, "-m", "comfyui_dyweight", "train", "--toy", "gmm", "--out", str(out),
                "--nfe", "3", "4", "--pairs", "40", "--iterations", "30", "--teacher-steps", "16"]
 
     def train(*extra):

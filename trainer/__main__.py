@@ -1,5 +1,6 @@
-"""``python -m comfyui_dyweight.trainer …``: see :mod:`comfyui_dyweight.trainer.cli`."""
+"""``python -m comfyui_dyweight.trainer …``, the command's name before 0.2: the same command line as
+``python -m comfyui_dyweight`` (kept so that existing scripts keep working)."""
 
-from .cli import main
+from ..cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m comfyui_dyweight.trainer"))

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..coefficients.atomic import atomic_path
+from ..atomic import atomic_path
 from .progress import Reporter
 from .teachers import Teacher
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from ..coefficients.atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
 from .result import DistillResult
 
 

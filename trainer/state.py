@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..coefficients.atomic import atomic_path
+from ..atomic import atomic_path
 
 FORMAT = "dyweight-state/1"
 METADATA_KEY = "dyweight_state"

@@ -1,6 +1,6 @@
-"""``python -m comfyui_dyweight.trainer import SRC… --out DIR``: convert the paper's released coefficients.
+"""``python -m comfyui_dyweight import SRC… --out DIR``: convert the paper's released coefficients.
 
-See :mod:`.release_import` for what is converted and how; nothing in the release files is executed.
+See :mod:`comfyui_dyweight.release.convert` for what is converted and how; nothing in the release files is executed.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import argparse
 import sys
 
 from ..coefficients.errors import CoefficientError
-from .release_import import (DEFAULT_FLUX_RESOLUTION, ReleaseImportError, flux_resolution_mu,
+from ..release.convert import (DEFAULT_FLUX_RESOLUTION, ReleaseImportError, flux_resolution_mu,
                              import_release_files)
-from .safe_unpickle import UnsafePickleError
+from ..release.safe_unpickle import UnsafePickleError
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add the ``import`` subcommand to the trainer CLI's subparsers."""
+    """Add the ``import`` subcommand to the command line's subparsers."""
     parser = subparsers.add_parser(
         "import", help="convert the coefficients published with the DyWeight paper into dyweight/1 files",
         description="Convert the DyWeight release's coefficient files (exps/*/network-snapshot-*.pkl for the "

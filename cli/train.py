@@ -1,7 +1,7 @@
 """``train``: distil Φ files for a model source and write them with the validation report.
 
-    python -m comfyui_dyweight.trainer train --toy gmm --out runs/toy --nfe 3 4 5
-    python -m comfyui_dyweight.trainer train --comfyui ~/ComfyUI --checkpoint sd15.safetensors \
+    python -m comfyui_dyweight train --toy gmm --out runs/toy --nfe 3 4 5
+    python -m comfyui_dyweight train --comfyui ~/ComfyUI --checkpoint sd15.safetensors \
         --prompts prompts.txt --cfg 7 --nfe 4 5 6
 
 writes ``<name>-nfe<N>.safetensors`` per NFE, ``<name>-validation.md``/``.json`` and ``<name>-loss.png``
@@ -9,7 +9,7 @@ into ``--out`` (a source may give a default: ``<ComfyUI>/models/dyweight`` for a
 refuses to overwrite them without ``--force``. Ctrl-C saves a resumable state (in ``--state-dir``, by
 default ``<out>/.dyweight-state/<name>``) and ``--resume`` continues it.
 
-Model sources are :class:`~comfyui_dyweight.trainer.sources.SourceSpec` entries of :data:`SOURCES`;
+Model sources are :class:`~comfyui_dyweight.cli.sources.SourceSpec` entries of :data:`SOURCES`;
 exactly one must be chosen on the command line. A source is opened (``source.open(body)``) around the
 distillation, so a model that only exists inside a context (ComfyUI's) is trained the same way.
 """
@@ -20,13 +20,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .comfy_source import COMFYUI
-from .distill import (DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_LR, DEFAULT_ORDER, DEFAULT_TEACHER_STEPS,
+from ..trainer.distill import (DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_LR, DEFAULT_ORDER, DEFAULT_TEACHER_STEPS,
                       DEFAULT_VALIDATION_FRACTION)
-from .progress import TrainingInterrupted
-from .report import validation_markdown, write_report
-from .sources import TOY, ModelSource, distill_source
-from .teachers import TEACHERS
+from ..trainer.progress import TrainingInterrupted
+from ..trainer.report import validation_markdown, write_report
+from ..trainer.source import ModelSource, distill_source
+from ..trainer.teachers import TEACHERS
+from .comfy_source import COMFYUI
+from .sources import TOY
 
 #: The model sources the command offers.
 SOURCES = [TOY, COMFYUI]

@@ -1,8 +1,8 @@
 """The ``train`` command's ComfyUI source: a model loaded by ComfyUI's own loaders, distilled through it.
 
-    python -m comfyui_dyweight.trainer train --comfyui ~/ComfyUI --checkpoint sd15.safetensors \
+    python -m comfyui_dyweight train --comfyui ~/ComfyUI --checkpoint sd15.safetensors \
         --prompts prompts.txt --cfg 7 --nfe 4 5 6
-    python -m comfyui_dyweight.trainer train --comfyui ~/ComfyUI --diffusion-model flux1-dev.safetensors \
+    python -m comfyui_dyweight train --comfyui ~/ComfyUI --diffusion-model flux1-dev.safetensors \
         --text-encoder clip_l.safetensors t5xxl_fp16.safetensors --clip-type flux --guidance 3.5 \
         --prompts prompts.txt --width 1024 --height 1024 --nfe 5 6
 
@@ -12,7 +12,7 @@ The checkpoint is loaded as CheckpointLoaderSimple loads it, a diffusion model w
 UNETLoader + CLIPLoader/DualCLIPLoader do, and the prompts are encoded as CLIPTextEncode encodes them
 (FLUX guidance is set on the positive conditioning as the FluxGuidance node sets it). Everything else —
 noise, schedule, teacher, baselines, cache key, the Φ's fields — is
-:func:`~comfyui_dyweight.trainer.comfy_adapter.open_comfy_source`, the same wiring as the Train node's.
+:func:`~comfyui_dyweight.trainer.training_target.open_comfy_source`, the same wiring as the Train node's.
 
 Nothing here imports ComfyUI before the source is opened, so the command line parses (and refuses to
 overwrite) without it.
@@ -25,7 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-from .sources import DeferredSource, SourceSpec
+from ..host.loaders import import_comfyui, load_model
+from ..trainer.source import DeferredSource
+from .sources import SourceSpec
 
 #: CFG when none is given: 7 for eps/v models; FLUX is guidance-distilled (1 = no negative pass; use --guidance).
 DEFAULT_CFG, DEFAULT_FLUX_CFG = 7.0, 1.0
@@ -109,112 +111,42 @@ def read_prompts(path: Path) -> list:
 def open_source(arguments: argparse.Namespace, host: Path, prompts: list, body):
     """Import ComfyUI, load and encode, then ``body(live source)`` inside ComfyUI's sampling context."""
     import_comfyui(host, cpu=arguments.cpu)
-    from . import comfy_adapter  # imports comfy: only now that the host is importable
-    import comfy.samplers
     import torch
 
-    from ..host.model_facts import facts_from_patcher
+    from ..host import training_target  # imports comfy: only now that the host is importable
+    from ..host.model_facts import check_scheduler, facts_from_patcher
 
     with torch.inference_mode():  # as ComfyUI runs its loader and text-encode nodes (2024 loaders need it)
-        model, clip, model_file = load_model(arguments)
-        negative = comfy_adapter.encode_prompt(clip, arguments.negative)
-        positives = [comfy_adapter.encode_prompt(clip, text) for text in prompts]
+        model, clip, model_file = load_model(arguments.checkpoint, arguments.diffusion_model,
+                                             arguments.text_encoder or (), arguments.clip_type)
+        negative = training_target.encode_prompt(clip, arguments.negative)
+        positives = [training_target.encode_prompt(clip, text) for text in prompts]
     facts = facts_from_patcher(model)
     flux = facts.family.lower().startswith("flux")
     cfg = arguments.cfg if arguments.cfg is not None else (DEFAULT_FLUX_CFG if flux else DEFAULT_CFG)
     scheduler = arguments.scheduler
-    if scheduler is not None and scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        names = ", ".join(comfy.samplers.SCHEDULER_NAMES)
-        raise ValueError(f"--scheduler {scheduler} is not one of this ComfyUI's: {names}")
+    if scheduler is not None:
+        check_scheduler(scheduler, "--scheduler")
     if arguments.guidance is not None and facts.prediction != "flow":
         print(f"train: note: --guidance only affects guidance-distilled flow models (FLUX); "
               f"this is {facts.family} ({facts.prediction})", file=sys.stderr)
 
     if arguments.guidance is not None:
-        positives = [comfy_adapter.with_guidance(positive, arguments.guidance) for positive in positives]
-    target = comfy_adapter.ComfyTarget(model, [(positive, negative) for positive in positives], cfg,
-                                       comfy_adapter.latent_shape(model, arguments.width, arguments.height), scheduler)
-    teacher = arguments.comfy_teacher or comfy_adapter.DEFAULT_TEACHER
-    teacher_steps = arguments.teacher_steps or comfy_adapter.DEFAULT_TEACHER_STEPS
-    pairs = arguments.pairs or comfy_adapter.DEFAULT_PAIRS
+        positives = [training_target.with_guidance(positive, arguments.guidance) for positive in positives]
+    target = training_target.ComfyTarget(model, [(positive, negative) for positive in positives], cfg,
+                                       training_target.latent_shape(model, arguments.width, arguments.height), scheduler)
+    teacher = arguments.comfy_teacher or training_target.DEFAULT_TEACHER
+    teacher_steps = arguments.teacher_steps or training_target.DEFAULT_TEACHER_STEPS
+    pairs = arguments.pairs or training_target.DEFAULT_PAIRS
     print(f"train: {model_file.name}: {facts.family} ({facts.prediction}), {len(prompts)} prompt(s), CFG {cfg:g}"
           f"{'' if arguments.guidance is None else f', guidance {arguments.guidance:g}'}, "
           f"{arguments.width}×{arguments.height}, scheduler {target.schedule_name()}, teacher {teacher} × "
           f"{teacher_steps} steps, {pairs} pairs", file=sys.stderr)
     record = {"negative": arguments.negative, "guidance": arguments.guidance,
               "image_size": [arguments.width, arguments.height]}
-    return comfy_adapter.open_comfy_source(
+    return training_target.open_comfy_source(
         target, body, teacher=teacher, teacher_steps=teacher_steps, pairs=pairs, seed=arguments.seed,
         base_model=model_file.name, prompts=prompts, name=model_file.stem, record=record)
-
-
-def import_comfyui(host: Path, cpu: bool = False) -> None:
-    """Make ``host`` the ComfyUI that ``import comfy`` finds, with its default settings (``--cpu`` if asked
-    for or when torch has no GPU). ComfyUI's own command line is not parsed (it is off unless main.py
-    turns it on), so our options never reach it."""
-    loaded = sys.modules.get("comfy")
-    if loaded is not None:
-        where = Path(getattr(loaded, "__file__", None) or list(loaded.__path__)[0]).resolve()
-        if host not in where.parents:
-            raise ValueError(f"another ComfyUI is already imported in this process (from {where})")
-    if not sys.path or Path(sys.path[0] or ".").resolve() != host:
-        sys.path.insert(0, str(host))
-    import comfy.cli_args
-
-    if "comfy.model_management" not in sys.modules and (cpu or not _has_accelerator()):
-        if not cpu:
-            print("train: no GPU found: running ComfyUI on the CPU (--cpu)", file=sys.stderr)
-        comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401  (reads the device settings once, at import)
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return (torch.cuda.is_available() or bool(mps and mps.is_available())
-            or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
-
-
-def load_model(arguments: argparse.Namespace):
-    """(MODEL, CLIP, model file) with ComfyUI's loaders, as its loader nodes call them."""
-    import comfy.sd
-    import folder_paths
-
-    embeddings = folder_paths.get_folder_paths("embeddings")
-    if arguments.checkpoint is not None:
-        path = model_path(arguments.checkpoint, "checkpoints")
-        model, clip = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=True,
-                                                            embedding_directory=embeddings)[:2]
-        return model, clip, path
-    path = model_path(arguments.diffusion_model, "diffusion_models", "unet")
-    load_diffusion_model = getattr(comfy.sd, "load_diffusion_model", None) or comfy.sd.load_unet  # 2024: load_unet
-    model = load_diffusion_model(str(path))
-    clip_type = getattr(comfy.sd.CLIPType, arguments.clip_type.upper(), None)
-    if clip_type is None:
-        names = ", ".join(member.name.lower() for member in comfy.sd.CLIPType)
-        raise ValueError(f"--clip-type {arguments.clip_type} is not one of this ComfyUI's: {names}")
-    encoders = [str(model_path(name, "text_encoders", "clip")) for name in arguments.text_encoder]
-    clip = comfy.sd.load_clip(ckpt_paths=encoders, embedding_directory=embeddings, clip_type=clip_type)
-    return model, clip, path
-
-
-def model_path(name: str, *folders: str) -> Path:
-    """``name`` as a file, else as a name in the host's model folders (``folder_paths``)."""
-    import folder_paths
-
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path.resolve()
-    for folder in folders:
-        try:
-            found = folder_paths.get_full_path(folder, name)
-        except KeyError:  # a folder name this host does not know
-            found = None
-        if found:
-            return Path(found)
-    raise ValueError(f"model file {name} not found (as a path, or in ComfyUI's models/{folders[0]})")
 
 
 COMFYUI = SourceSpec(name="comfyui", add_arguments=add_arguments, chosen=chosen, build=build,

@@ -7,7 +7,7 @@ To get that denoiser outside a sampler, each prompt opens a real sampling call
 so that all prompts' denoisers are live at once, and the training runs inside the innermost one.
 The teacher and baselines are ComfyUI's own sampler functions, looked up by name.
 
-This module imports ``comfy``; nothing else in the trainer does.
+The trainer core never imports ``comfy``; this module is its one door into ComfyUI.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import comfy.sample
 import comfy.samplers
 
 from ..coefficients.presets import default_scheduler
-from ..host.model_facts import ModelFacts, comfy_sigmas, facts_from_patcher, latent_channels
+from ..trainer.source import ModelSource, distill_source
+from .model_facts import ModelFacts, comfy_sigmas, facts_from_patcher, latent_channels
 
 LOG = logging.getLogger("comfyui_dyweight")
 #: The teacher when none is named: a multistep solver at 35 steps (70 is the CFG'd model-call count).
@@ -261,7 +262,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, teacher: str = DEF
                       teacher_steps: int = DEFAULT_TEACHER_STEPS, pairs: int = DEFAULT_PAIRS, seed: int = 0,
                       base_model: Optional[str] = None, prompts: Optional[Sequence[str]] = None,
                       name: str = "comfyui", record: Optional[dict] = None):
-    """``body(source)`` with the live :class:`~comfyui_dyweight.trainer.sources.ModelSource` of ``target``.
+    """``body(source)`` with the live :class:`~comfyui_dyweight.trainer.source.ModelSource` of ``target``.
 
     This is the one wiring of a ComfyUI model into the trainer (:func:`distill_for_comfy` and the
     ``train`` command's ComfyUI source both use it). Pairs take the prompts in turn; the teacher is
@@ -270,8 +271,6 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, teacher: str = DEF
     family, prediction, schedule, σ range and CFG; ``record`` adds entries (not ``None``) to its
     ``training`` record.
     """
-    from .sources import ModelSource
-
     if teacher not in comfy.samplers.SAMPLER_NAMES:
         raise ValueError(f"teacher sampler '{teacher}' is not one of this ComfyUI's samplers")
     facts, scheduler = target.facts(), target.schedule_name()
@@ -312,8 +311,6 @@ def distill_for_comfy(target: ComfyTarget, nfe, *, teacher: str = DEFAULT_TEACHE
 
     ``options`` go to ``distill`` (iterations, batch_size, cache_dir, state_dir, resume, progress, …).
     """
-    from .sources import distill_source
-
     return open_comfy_source(target, lambda source: distill_source(source, nfe, seed=seed, **options),
                              teacher=teacher, teacher_steps=teacher_steps, pairs=pairs, seed=seed,
                              base_model=base_model, prompts=prompts)

@@ -1,8 +1,8 @@
-"""Model sources for the ``train`` command: what to distil, and what the Φ files should record.
+"""Model sources: what to distil, and what the Φ files should record.
 
-A source turns command-line options into a :class:`ModelSource` — the denoiser, the noise, the base
-schedule, the cache key and the :class:`Coefficients` fields — so the command itself knows nothing of
-the model behind it. The toy source (a seeded Gaussian mixture with an exact denoiser) makes the command
+A :class:`ModelSource` holds the denoiser, the noise, the base schedule, the cache key and the
+:class:`Coefficients` fields of one model, so whoever trains (the command line, the Train node) knows
+nothing of the model behind it. The toy source (a seeded Gaussian mixture with an exact denoiser) makes the command
 runnable end to end without a checkpoint. A model that only exists inside a context — ComfyUI's guided
 denoiser lives inside nested sampling calls — is a :class:`DeferredSource`: ``open(body)`` loads it and
 runs ``body`` with the live :class:`ModelSource`. Both are used as ``source.open(body)``, and
@@ -11,7 +11,6 @@ runs ``body`` with the live :class:`ModelSource`. Both are used as ``source.open
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -83,18 +82,6 @@ def distill_source(source: ModelSource, nfe, **options):
     return distill(source.denoise, source.noise, source.schedule, nfe, **{**fields, **options})
 
 
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-    """A kind of model source: its command-line options, whether they were given, and the builder
-    (``ValueError`` for options that do not fit together)."""
-
-    name: str
-    add_arguments: Callable[[argparse._ArgumentGroup], None]
-    chosen: Callable[[argparse.Namespace], bool]
-    build: Callable[[argparse.Namespace], Union[ModelSource, DeferredSource]]
-    usage: Optional[str] = None  # how the command's errors name the source (default --<name>)
-
-
 #: The toy problem: a Gaussian mixture in VE (EDM) form on ComfyUI's ``karras`` grid.
 TOY_MIXTURE = {"dim": 8, "components": 4, "std": 0.5, "seed": 0}
 TOY_SIGMA_MIN, TOY_SIGMA_MAX, TOY_RHO = 0.002, 80.0, 7.0
@@ -105,7 +92,7 @@ def toy_schedule(steps: int) -> torch.Tensor:
     return edm_sigmas(steps, TOY_SIGMA_MIN, TOY_SIGMA_MAX, TOY_RHO, to_zero=True)
 
 
-def toy_gmm_source(arguments: argparse.Namespace) -> ModelSource:
+def toy_gmm_source() -> ModelSource:
     """The seeded Gaussian mixture with its exact denoiser; noise seed k gives one latent σ_max·ε."""
     mixture = GaussianMixture.seeded(**TOY_MIXTURE)
 
@@ -122,11 +109,3 @@ def toy_gmm_source(arguments: argparse.Namespace) -> ModelSource:
                     "training": {"base_model": f"toy Gaussian mixture ({description})"}})
 
 
-TOY = SourceSpec(
-    name="toy",
-    add_arguments=lambda group: group.add_argument(
-        "--toy", choices=["gmm"], help="distil on a built-in toy model: 'gmm' = a seeded Gaussian mixture "
-                                       "with an exact denoiser (no checkpoint needed)"),
-    chosen=lambda arguments: arguments.toy is not None,
-    build=toy_gmm_source,
-)

@@ -1,0 +1,5 @@
+"""``python -m comfyui_dyweight …``: the command line (:mod:`comfyui_dyweight.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())
