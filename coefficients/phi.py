@@ -7,6 +7,7 @@ model query at step n (Eq. 7), and the running, implicitly shifted time t̃ (Eq.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Optional
@@ -40,11 +41,13 @@ def _positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Coefficients:
     """A DyWeight solver: W ∈ ℝ^{N×K}, s ∈ ℝ^N, flags, and the facts of the model it was made for.
 
-    ``weights`` and ``time_scale`` may require grad (the trainer optimises them in place).
+    An immutable value, validated once when it is built: a new Φ is made with ``dataclasses.replace``
+    (which validates again), never by changing one. The tensors are shared, not copied (so that
+    ``weights``/``time_scale`` may carry the trainer's autograd graph); nothing may write into them.
     ``prediction``/``model_family`` of ``None`` mean "any" (model-agnostic presets).
     ``sigmas`` is the base grid σ_0 > … > σ_N the Φ was trained on, when it belongs to a model.
     """
@@ -63,7 +66,10 @@ class Coefficients:
     training: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self.validate()
+        self._validate()
+        # Private copies of the two records, so that no caller's dict can change this Φ afterwards.
+        object.__setattr__(self, "schedule", validate_schedule(self.schedule))
+        object.__setattr__(self, "training", copy.deepcopy(self.training))
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -82,7 +88,7 @@ class Coefficients:
         return self.steps - int(self.afs)
 
     # --- checks ------------------------------------------------------------------------------
-    def validate(self) -> None:
+    def _validate(self) -> None:
         """Raise :class:`CoefficientError` naming the first thing that makes this Φ unusable."""
         w, s = self.weights, self.time_scale
         if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
@@ -109,7 +115,7 @@ class Coefficients:
             raise CoefficientError(f"divisor must be one of {DIVISORS}, got {self.divisor!r}")
         if self.prediction is not None and self.prediction not in PREDICTIONS:
             raise CoefficientError(f"prediction must be one of {PREDICTIONS} or None, got {self.prediction!r}")
-        self.schedule = validate_schedule(self.schedule)
+        validate_schedule(self.schedule)
         if self.sigmas is not None:
             self._validate_sigmas()
         elif self.schedule["kind"] == "explicit":

@@ -1,5 +1,7 @@
 """The preset registry and the shipped Adams–Bashforth presets."""
 
+import dataclasses
+
 import torch
 
 from comfyui_dyweight.coefficients import Coefficients, PresetRegistry, adams_bashforth
@@ -28,8 +30,7 @@ def test_shipped_presets_cover_nfe_3_to_10_for_eps_and_flow():
 
 def trained(nfe, family, prediction, value=1.0):
     phi = adams_bashforth(nfe, 2, prediction=prediction, model_family=family, training={"iterations": 10})
-    phi.time_scale = torch.full((nfe,), value)
-    return phi
+    return dataclasses.replace(phi, time_scale=torch.full((nfe,), value))
 
 
 def test_lookup_prefers_user_files_and_exact_family(tmp_path):

@@ -6,6 +6,7 @@ folding rule is also checked against the fixture that ``web/tests`` checks the J
 """
 
 import asyncio
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -42,9 +43,9 @@ def trained_example() -> Coefficients:
     steps, order = phi.weights.shape
     n = torch.arange(steps, dtype=torch.float64)[:, None]
     k = torch.arange(order, dtype=torch.float64)[None, :]
-    phi.weights = (phi.weights + 0.12 * torch.sin(1.3 * n + 2.1 * k + 0.4)).tril()
-    phi.time_scale = 1.0 + 0.045 * torch.cos(0.9 * torch.arange(steps, dtype=torch.float64) + 0.5)
-    return Coefficients(**{f.name: getattr(phi, f.name) for f in __import__("dataclasses").fields(phi)})
+    return dataclasses.replace(
+        phi, weights=(phi.weights + 0.12 * torch.sin(1.3 * n + 2.1 * k + 0.4)).tril(),
+        time_scale=1.0 + 0.045 * torch.cos(0.9 * torch.arange(steps, dtype=torch.float64) + 0.5))
 
 
 def fixture_phis() -> dict:
