@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
 
     solvers, source = comfy_solvers(not arguments.no_host)
-    settings = dataclasses.replace(pipeline.FULL, nfe=tuple(arguments.nfe))
+    settings = pipeline.FULL.replace(nfe=arguments.nfe)
     cache_dir = (arguments.cache_dir or pipeline.default_cache_dir()) / "demo"
     model = pipeline.load_model()
     train = pipeline.teacher_set(model, settings, cache_dir, "train")
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     schedule = model.schedule(settings.rho)
 
     rows = []
-    for nfe in settings.nfe:
+    for nfe in settings.distill.nfe:
         figures_here = {name: score(lambda denoise, x, solve=solve: solve(denoise, x, schedule(nfe)), model, test.pairs)
                         for name, solve in solvers.items()}
         ours = pipeline.solvers_for(nfe, result.coefficients[nfe], model, settings)
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     write_text_atomic(out / "quality.json", json.dumps(document, indent=1) + "\n")
     plotted = [*solvers, "init", "dyweight"]
     labels = {**{name: label(name) for name in solvers}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
-    figures.error_plot(out / "quality.png", list(settings.nfe),
+    figures.error_plot(out / "quality.png", list(settings.distill.nfe),
                        {name: [row["solvers"][name]["rmse"] for row in rows] for name in plotted},
                        {name: [row["solvers"][name]["psnr"] for row in rows] for name in plotted}, labels,
                        title=f"Demo model: test error to the teacher, {settings.test_pairs} seeds", dpi=72)

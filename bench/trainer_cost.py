@@ -57,7 +57,7 @@ def child_demo_teacher(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     model = pipeline.load_model()
-    settings = dataclasses.replace(pipeline.FULL, pairs=spec["pairs"])
+    settings = pipeline.FULL.replace(pairs=spec["pairs"])
     setup = peak_mib()
     start = time.perf_counter()
     run = pipeline.teacher_set(model, settings, Path(spec["cache_dir"]), "train")
@@ -72,8 +72,8 @@ def child_demo_train(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     model = pipeline.load_model()
-    settings = dataclasses.replace(pipeline.FULL, pairs=spec["pairs"], nfe=(spec["nfe"],),
-                                   iterations=spec["iterations"], checkpointing=spec["checkpointing"])
+    settings = pipeline.FULL.replace(pairs=spec["pairs"], nfe=(spec["nfe"],), iterations=spec["iterations"],
+                                     checkpointing=spec["checkpointing"])
     setup = peak_mib()
     start = time.perf_counter()
     result = pipeline.distil(model, settings, Path(spec["cache_dir"]), progress=lambda event: None)
@@ -104,9 +104,9 @@ def child_comfy_pairs(spec: dict) -> dict:
     torch.set_num_threads(1)
     _, adapter, target = _comfy_setup()
     result = adapter.distill_for_comfy(
-        target, [COMFY["nfe"]], teacher=COMFY["teacher"], teacher_steps=COMFY["teacher_steps"], pairs=spec["pairs"],
-        iterations=0, batch_size=COMFY["batch"], sampling_batch_size=COMFY["batch"], cache_dir=spec["cache_dir"],
-        progress=lambda event: None)
+        target, cache_dir=spec["cache_dir"], progress=lambda event: None, nfe=[COMFY["nfe"]], teacher=COMFY["teacher"],
+        teacher_steps=COMFY["teacher_steps"], pairs=spec["pairs"], iterations=0, batch_size=COMFY["batch"],
+        sampling_batch_size=COMFY["batch"])
     return {"cache_hit": result.timings["teacher_cache_hit"]}
 
 
@@ -160,15 +160,14 @@ def child_comfy_train(spec: dict) -> dict:
     _, adapter, target = _comfy_setup()
     setup = peak_mib()
     start = time.perf_counter()
-    micro = {} if spec["micro_batch_size"] is None else {"micro_batch_size": spec["micro_batch_size"]}
     result = adapter.distill_for_comfy(
-        target, [COMFY["nfe"]], teacher=COMFY["teacher"], teacher_steps=COMFY["teacher_steps"], pairs=spec["pairs"],
-        iterations=COMFY["iterations"], batch_size=COMFY["batch"], sampling_batch_size=COMFY["batch"],
-        cache_dir=spec["cache_dir"], progress=lambda event: None, **micro)
+        target, cache_dir=spec["cache_dir"], progress=lambda event: None, nfe=[COMFY["nfe"]], teacher=COMFY["teacher"],
+        teacher_steps=COMFY["teacher_steps"], pairs=spec["pairs"], iterations=COMFY["iterations"],
+        batch_size=COMFY["batch"], sampling_batch_size=COMFY["batch"], micro_batch_size=spec["micro_batch_size"])
     seconds = time.perf_counter() - start
     assert result.timings["teacher_cache_hit"], "the training measurement expects cached pairs"
     return {"seconds": seconds, "optimisation_s": result.timings["optimisation_s"][COMFY["nfe"]],
-            "micro_batch_size": spec["micro_batch_size"] or adapter.MICRO_BATCH_SIZE,
+            "micro_batch_size": spec["micro_batch_size"] or adapter.COMFY_DEFAULTS["micro_batch_size"],
             "setup_mib": setup, "peak_mib": peak_mib()}
 
 
@@ -227,7 +226,7 @@ def comfy_part(cache: Path) -> dict:
         run_child({"kind": "comfy_pairs", "pairs": pairs, "cache_dir": str(cache)})
         teacher = run_child({"kind": "comfy_teacher", "batch": batch})
         grad_calls = [run_child({"kind": "comfy_grad_call", "batch": size}) for size in (batch, 1)]
-        # micro-batch None: the adapter's default (MICRO_BATCH_SIZE); the whole batch at once for scale
+        # micro-batch None: the adapter's default (COMFY_DEFAULTS); the whole batch at once for scale
         train, whole_batch = (run_child({"kind": "comfy_train", "pairs": pairs, "cache_dir": str(cache),
                                          "micro_batch_size": micro}) for micro in (None, batch))
     except RuntimeError as error:

@@ -22,9 +22,8 @@ import torch
 
 from comfyui_dyweight.coefficients import dyweight_sample, edm_sigmas
 from comfyui_dyweight.atomic import write_text_atomic
-from comfyui_dyweight.trainer import TEACHERS, default_baselines, distill
+from comfyui_dyweight.trainer import TEACHERS, DistillConfig, ModelSource, default_baselines, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture
-from comfyui_dyweight.trainer.distill import DEFAULT_TEACHER_STEPS
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 NFE = (3, 4, 5)
@@ -49,9 +48,10 @@ def rmse(estimate: torch.Tensor, reference: torch.Tensor) -> float:
 
 def benchmark(name: str, spec: dict, pairs: int, test_size: int) -> dict:
     mixture = GaussianMixture.seeded(**spec)
-    result = distill(mixture.denoise, latents(pairs, mixture.dim, 1234), karras, nfe=list(NFE))
+    config = DistillConfig(nfe=NFE)
+    result = distill(ModelSource(mixture.denoise, latents(pairs, mixture.dim, 1234), karras), config)
     test = latents(test_size, mixture.dim, 4321)
-    teacher = TEACHERS["heun"](mixture.denoise, test, karras(DEFAULT_TEACHER_STEPS))
+    teacher = TEACHERS["heun"](mixture.denoise, test, karras(config.teacher_steps))
     exact = mixture.ode_solution(test, SIGMA_MAX, 0.0)
     baselines = default_baselines(karras)
     rows = []
@@ -72,7 +72,7 @@ def benchmark(name: str, spec: dict, pairs: int, test_size: int) -> dict:
 
 def markdown(outcome: dict) -> str:
     lines = [f"### {outcome['problem']}: {outcome['pairs']} pairs ({outcome['held_out']} held out), "
-             f"{outcome['test_size']} test seeds; teacher heun×{DEFAULT_TEACHER_STEPS} "
+             f"{outcome['test_size']} test seeds; teacher heun×{DistillConfig().teacher_steps} "
              f"(RMSE to the exact ODE {outcome['teacher_rmse_to_exact']:.2g}) took {outcome['teacher_s']:.1f} s",
              "",
              "| NFE | DyWeight (trained) | AB / iPNDM | Euler | DPM-Solver++(2M) | trained / iPNDM "

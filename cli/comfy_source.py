@@ -59,8 +59,6 @@ def add_arguments(group) -> None:
     group.add_argument("--height", type=int, default=512, help="image height of the training latents (default 512)")
     group.add_argument("--scheduler", metavar="NAME",
                        help="the ComfyUI scheduler the Φ is trained on (default karras, or simple for flow models)")
-    group.add_argument("--comfy-teacher", metavar="SAMPLER",
-                       help="the ComfyUI sampler whose many-step result is learned (default dpmpp_2m)")
     group.add_argument("--cpu", action="store_true",
                        help="run ComfyUI on the CPU, as its --cpu flag (automatic when torch has no GPU)")
 
@@ -83,8 +81,6 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
         raise ValueError("--diffusion-model needs its text encoders: --text-encoder FILE [FILE …] --clip-type TYPE")
     if arguments.checkpoint is not None and (arguments.text_encoder or arguments.clip_type):
         raise ValueError("--text-encoder/--clip-type go with --diffusion-model; a checkpoint brings its own")
-    if arguments.teacher is not None:
-        raise ValueError("--teacher picks a built-in solver for --toy; for a ComfyUI model use --comfy-teacher SAMPLER")
     if arguments.prompts is None:
         raise ValueError("--prompts FILE (one prompt per line) is required for a ComfyUI model")
     prompts = read_prompts(arguments.prompts)
@@ -135,18 +131,18 @@ def open_source(arguments: argparse.Namespace, host: Path, prompts: list, body):
         positives = [training_target.with_guidance(positive, arguments.guidance) for positive in positives]
     target = training_target.ComfyTarget(model, [(positive, negative) for positive in positives], cfg,
                                        training_target.latent_shape(model, arguments.width, arguments.height), scheduler)
-    teacher = arguments.comfy_teacher or training_target.DEFAULT_TEACHER
-    teacher_steps = arguments.teacher_steps or training_target.DEFAULT_TEACHER_STEPS
-    pairs = arguments.pairs or training_target.DEFAULT_PAIRS
+    defaults = training_target.COMFY_DEFAULTS
+    teacher = arguments.teacher or defaults["teacher"]
+    teacher_steps = arguments.teacher_steps or defaults["teacher_steps"]
+    pairs = arguments.pairs or defaults["pairs"]
     print(f"train: {model_file.name}: {facts.family} ({facts.prediction}), {len(prompts)} prompt(s), CFG {cfg:g}"
           f"{'' if arguments.guidance is None else f', guidance {arguments.guidance:g}'}, "
           f"{arguments.width}×{arguments.height}, scheduler {target.schedule_name()}, teacher {teacher} × "
           f"{teacher_steps} steps, {pairs} pairs", file=sys.stderr)
     record = {"negative": arguments.negative, "guidance": arguments.guidance,
               "image_size": [arguments.width, arguments.height]}
-    return training_target.open_comfy_source(
-        target, body, teacher=teacher, teacher_steps=teacher_steps, pairs=pairs, seed=arguments.seed,
-        base_model=model_file.name, prompts=prompts, name=model_file.stem, record=record)
+    return training_target.open_comfy_source(target, body, seed=arguments.seed, base_model=model_file.name,
+                                             prompts=prompts, name=model_file.stem, record=record)
 
 
 COMFYUI = SourceSpec(name="comfyui", add_arguments=add_arguments, chosen=chosen, build=build,

@@ -20,19 +20,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..trainer.distill import (DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_LR, DEFAULT_ORDER, DEFAULT_TEACHER_STEPS,
-                      DEFAULT_VALIDATION_FRACTION)
+from ..trainer.config import DistillConfig
+from ..trainer.distill import distill
 from ..trainer.progress import TrainingInterrupted
 from ..trainer.report import validation_markdown, write_report
-from ..trainer.source import ModelSource, distill_source
+from ..trainer.source import ModelSource
 from ..trainer.teachers import TEACHERS
 from .comfy_source import COMFYUI
 from .sources import TOY
 
 #: The model sources the command offers.
 SOURCES = [TOY, COMFYUI]
-#: The built-in teacher when a source has none of its own.
-DEFAULT_TEACHER = "heun"
+#: The defaults the help texts quote (a model source may suggest others, e.g. for a ComfyUI model).
+DEFAULTS = DistillConfig()
 #: Exit status of an interrupted run (128 + SIGINT, as shells report Ctrl-C).
 INTERRUPTED = 130
 
@@ -57,14 +57,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     output.add_argument("--cache-dir", type=Path,
                         help="cache teacher pairs here and reuse them in later runs (default for a ComfyUI model: "
                              "<ComfyUI>/user/dyweight/teacher-cache, where the Train node keeps its pairs)")
-    training = parser.add_argument_group("distillation")
-    training.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5], help="NFE targets (default 3 4 5)")
+    training = parser.add_argument_group(
+        "distillation", "settings left out take the model's defaults (shown; a ComfyUI model's differ where said)")
+    training.add_argument("--nfe", type=int, nargs="+", help=f"NFE targets (default {' '.join(map(str, DEFAULTS.nfe))})")
     training.add_argument("--pairs", type=int,
                           help="teacher pairs, held-out ones included (default 256; 64 for a ComfyUI model)")
-    training.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
-                          help="Adam steps per NFE (default %(default)s)")
-    training.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                          help="pairs per step (default %(default)s)")
+    training.add_argument("--iterations", type=int, help=f"Adam steps per NFE (default {DEFAULTS.iterations})")
+    training.add_argument("--batch-size", type=int, help=f"pairs per step (default {DEFAULTS.batch_size})")
     training.add_argument("--micro-batch-size", type=int,
                           help="pairs per forward/backward pass; gradients are summed over the step's batch, so "
                                "smaller values save memory at the same result (default: 1 for a ComfyUI model, "
@@ -72,21 +71,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     training.add_argument("--sampling-batch-size", type=int,
                           help="pairs per model call without gradients: the teacher, the held-out checks and the "
                                "baselines (default: 4 for a ComfyUI model, else --batch-size)")
-    training.add_argument("--lr", type=float, default=DEFAULT_LR,
-                          help="peak learning rate (default %(default)s)")
-    training.add_argument("--order", type=int, default=DEFAULT_ORDER,
-                          help="gradient history K (default %(default)s)")
-    training.add_argument("--afs", action="store_true", help="analytical first step (one model call fewer)")
-    training.add_argument("--variable-step-init", action="store_true",
+    training.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULTS.lr:g})")
+    training.add_argument("--order", type=int, help=f"gradient history K (default {DEFAULTS.order})")
+    training.add_argument("--afs", action="store_true", default=None,
+                          help="analytical first step (one model call fewer)")
+    training.add_argument("--variable-step-init", action="store_true", default=None,
                           help="start from variable-step Adams–Bashforth instead of iPNDM rows")
-    training.add_argument("--teacher", choices=sorted(TEACHERS),
-                          help=f"built-in teacher solver for --toy (default {DEFAULT_TEACHER}; a ComfyUI model "
-                               f"takes --comfy-teacher)")
+    training.add_argument("--teacher", "--comfy-teacher", metavar="SOLVER",
+                          help=f"the solver whose many-step result is learned: {', '.join(sorted(TEACHERS))} "
+                               f"(default {DEFAULTS.teacher}), or any of ComfyUI's samplers for a ComfyUI model "
+                               f"(default dpmpp_2m)")
     training.add_argument("--teacher-steps", type=int,
-                          help=f"teacher steps (default {DEFAULT_TEACHER_STEPS}; 35 for a ComfyUI model)")
-    training.add_argument("--validation-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION,
-                          help="share of pairs held out (default %(default)s)")
-    training.add_argument("--seed", type=int, default=0, help="seed of the split and mini-batches (default 0)")
+                          help=f"teacher steps (default {DEFAULTS.teacher_steps}; 35 for a ComfyUI model)")
+    training.add_argument("--validation-fraction", type=float,
+                          help=f"share of pairs held out (default {DEFAULTS.validation_fraction:g})")
+    training.add_argument("--seed", type=int, default=0, help="seed of the noise, the split and mini-batches (default 0)")
     parser.set_defaults(run=run)
     return parser
 
@@ -98,6 +97,7 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"train: choose exactly one model source ({names})", file=sys.stderr)
         return 2
     try:
+        DEFAULTS.with_given(**given_settings(arguments))  # refuse bad settings before a model is loaded
         source = chosen[0].build(arguments)
     except ValueError as error:
         print(f"train: {error}", file=sys.stderr)
@@ -107,7 +107,7 @@ def run(arguments: argparse.Namespace) -> int:
     if out is None:
         print(f"train: --out is required for {chosen[0].usage or '--' + chosen[0].name}", file=sys.stderr)
         return 2
-    outputs = output_paths(out, name, arguments.nfe)
+    outputs = output_paths(out, name, arguments.nfe or DEFAULTS.nfe)
     existing = [str(path) for path in outputs if path.exists()]
     if existing and not arguments.force:
         print(f"train: refusing to overwrite {', '.join(existing)} (use --force)", file=sys.stderr)
@@ -141,17 +141,16 @@ def output_paths(folder: Path, name: str, targets) -> list:
 
 
 def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path, cache_dir):
-    """The live source's distillation with the command line's settings (its own teacher, if any, wins)."""
-    options = dict(
-        order=arguments.order, afs=arguments.afs, variable_step_init=arguments.variable_step_init,
-        iterations=arguments.iterations, batch_size=arguments.batch_size, lr=arguments.lr,
-        validation_fraction=arguments.validation_fraction, pairs=arguments.pairs, seed=arguments.seed,
-        cache_dir=cache_dir, state_dir=state_dir, resume=arguments.resume)
-    for name in ("micro_batch_size", "sampling_batch_size"):  # else the source's default
-        if getattr(arguments, name) is not None:
-            options[name] = getattr(arguments, name)
-    if source.teacher is None:
-        options["teacher"] = arguments.teacher or DEFAULT_TEACHER
-    if source.teacher_steps is None:
-        options["teacher_steps"] = arguments.teacher_steps or DEFAULT_TEACHER_STEPS
-    return distill_source(source, arguments.nfe, **options)
+    """The live source's distillation with the settings given on the command line."""
+    return distill(source, source.config(**given_settings(arguments)), cache_dir=cache_dir, state_dir=state_dir,
+                   resume=arguments.resume)
+
+
+#: The command's options that are :class:`DistillConfig` settings (same names).
+SETTINGS = ("nfe", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr", "order",
+            "afs", "variable_step_init", "teacher", "teacher_steps", "validation_fraction", "seed")
+
+
+def given_settings(arguments: argparse.Namespace) -> dict:
+    """The :class:`DistillConfig` settings on the command line (``None``: not given)."""
+    return {name: getattr(arguments, name) for name in SETTINGS}

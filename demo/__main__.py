@@ -56,11 +56,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def settings_from(arguments) -> pipeline.Settings:
     settings = pipeline.QUICK if arguments.quick else pipeline.FULL
-    changes = {name: value for name, value in (("nfe", tuple(arguments.nfe) if arguments.nfe else None),
-                                               ("iterations", arguments.iterations), ("pairs", arguments.pairs),
-                                               ("test_pairs", arguments.test_pairs), ("seed", arguments.seed))
-               if value is not None}
-    return dataclasses.replace(settings, **changes)
+    return settings.replace(nfe=arguments.nfe, iterations=arguments.iterations, pairs=arguments.pairs,
+                            test_pairs=arguments.test_pairs, seed=arguments.seed)
 
 
 def describe_teacher(run, cache_dir: Path, what: str) -> str:
@@ -81,13 +78,14 @@ def main(argv=None) -> int:
     clock = time.monotonic()
     model = pipeline.load_model()
     timings["load_s"] = time.monotonic() - clock
-    teacher_nfe = 2 * settings.teacher_steps  # Heun on a grid that ends at σ_min: two calls per step
+    config = settings.distill
+    teacher_nfe = 2 * config.teacher_steps  # Heun on a grid that ends at σ_min: two calls per step
     print(f"DyWeight demo{' (--quick)' if arguments.quick else ''}: digits EDM model "
           f"({sum(p.numel() for p in model.module.parameters()) / 1e6:.1f} M parameters, "
           f"{'×'.join(map(str, model.image_shape[1:]))} px), {torch.get_num_threads()} torch thread(s)")
-    print(f"  distilling Φ for NFE {', '.join(map(str, settings.nfe))} from {settings.pairs} teacher pairs "
-          f"(Heun, {settings.teacher_steps} steps = {teacher_nfe} model calls per image), "
-          f"{settings.iterations} iterations each; then {settings.test_pairs} fresh test seeds", flush=True)
+    print(f"  distilling Φ for NFE {', '.join(map(str, config.nfe))} from {config.pairs} teacher pairs "
+          f"(Heun, {config.teacher_steps} steps = {teacher_nfe} model calls per image), "
+          f"{config.iterations} iterations each; then {settings.test_pairs} fresh test seeds", flush=True)
 
     clock = time.monotonic()
     train_run = pipeline.teacher_set(model, settings, cache_dir, "train")

@@ -32,10 +32,8 @@ from typing import Callable
 import torch
 
 from ..coefficients import Coefficients, dyweight_sample, edm_sigmas, initial_coefficients
-from ..trainer import distill
-from ..trainer.pairs import cache_path, pairs_key, teacher_pairs
-from ..trainer.progress import Reporter
-from ..trainer.teachers import BASELINE_SOLVERS, resolve_teacher
+from ..trainer import DistillConfig, ModelSource, distill, teacher_pairs_for
+from ..trainer.teachers import BASELINE_SOLVERS
 from ..version import __version__
 
 #: The hand-made solvers compared with DyWeight, in column order, with their display names. ``init`` is
@@ -49,34 +47,36 @@ BAR_NFE = (3, 4, 5)
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What the demo distils and how (defaults: the full run, ≈ 2–3 minutes on 2 CPU cores)."""
+    """What the demo distils and how (defaults: the full run, ≈ 2–3 minutes on 2 CPU cores).
 
-    nfe: tuple = (3, 4, 5, 6)
-    pairs: int = 256            # teacher pairs for training (20% held out by the trainer for best-Φ selection)
+    ``distill`` is the trainer's settings, with the paper's pixel-space choices: Heun at 64 steps
+    (2·64 model calls per image; RMSE to Heun×256 is ≈ 0.003) from 256 pairs (20% held out for
+    best-Φ selection), K = 3, the analytical first step, 200 Adam steps of 32 pairs per NFE.
+    """
+
+    distill: DistillConfig = DistillConfig(nfe=(3, 4, 5, 6), pairs=256, iterations=200, batch_size=32,
+                                           sampling_batch_size=128, teacher="heun", teacher_steps=64, order=3,
+                                           afs=True, lr=0.05, seed=0)
     test_pairs: int = 256       # fresh seeds for the table and the grid
-    iterations: int = 200       # Adam steps per NFE
-    batch_size: int = 32        # pairs per Adam step
-    sampling_batch_size: int = 128  # pairs per model call without gradients (teacher, checks)
-    teacher: str = "heun"
-    teacher_steps: int = 64     # Heun: 2·64 model calls per image; RMSE to Heun×256 is ≈ 0.003
-    order: int = 3              # K, the gradient history (the paper's pixel-space choice)
-    afs: bool = True            # analytical first step: one base step without a model call
-    lr: float = 0.05
     rho: float = 7.0
-    seed: int = 0
     grid_seeds: int = 6         # test seeds shown in each cell of the grid
-    checkpointing: bool = False  # per-call gradient checkpointing (not needed: the model is tiny)
 
     def as_dict(self) -> dict:
-        return {field.name: (list(value) if isinstance(value, tuple) else value)
-                for field in dataclasses.fields(self) for value in [getattr(self, field.name)]}
+        return {"distill": {**dataclasses.asdict(self.distill), "nfe": list(self.distill.nfe)},
+                **{field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                   if field.name != "distill"}}
+
+    def replace(self, test_pairs=None, **distill) -> "Settings":
+        """A copy with other :class:`DistillConfig` settings or test pairs (``None``: unchanged)."""
+        return dataclasses.replace(self, distill=self.distill.with_given(**distill),
+                                   test_pairs=self.test_pairs if test_pairs is None else test_pairs)
 
 
 #: The full demo (the README's command).
 FULL = Settings()
 #: A smoke-sized run for the test suite: same code path, seconds instead of minutes.
-QUICK = Settings(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
-                 teacher_steps=8, grid_seeds=6)
+QUICK = FULL.replace(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
+                     teacher_steps=8)
 #: Seeds of the two noise sets (independent generators).
 TRAIN_NOISE_SEED, TEST_NOISE_SEED = 1, 2
 
@@ -130,10 +130,18 @@ class DemoModel:
         generator = torch.Generator().manual_seed(seed)
         return self.sigma_max * torch.randn((count, *self.image_shape), generator=generator)
 
-    def cache_key(self, settings: Settings, split: str) -> dict:
-        """What the teacher pairs depend on besides the teacher, its grid and the noise (the trainer adds those)."""
-        return {"demo": "digits-edm", "weights_sha256": self.weights_sha256, "split": split,
-                "image_shape": list(self.image_shape), "rho": settings.rho, "dtype": "float32"}
+    def source(self, settings: Settings, split: str) -> ModelSource:
+        """The model as the trainer sees it, with the seeded noise of the ``train`` or ``test`` split."""
+        count, seed = (settings.distill.pairs, TRAIN_NOISE_SEED) if split == "train" else (settings.test_pairs,
+                                                                                          TEST_NOISE_SEED)
+        return ModelSource(
+            self.denoise, self.noise(count, seed), self.schedule(settings.rho), name="digits-edm",
+            cache_key={"demo": "digits-edm", "weights_sha256": self.weights_sha256, "split": split,
+                       "image_shape": list(self.image_shape), "rho": settings.rho, "dtype": "float32"},
+            phi_fields={"schedule": {"kind": "edm", "rho": settings.rho},
+                        "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                        "training": {"base_model": f"demo/{self.weights_path.name}",
+                                     "base_model_hash": self.weights_sha256[:16]}})
 
 
 def load_model(path=None) -> DemoModel:
@@ -156,53 +164,30 @@ class CallCounter:
 
 
 # --- the three phases ----------------------------------------------------------------------------
-def noise_for(model: DemoModel, settings: Settings, split: str) -> torch.Tensor:
-    """The seeded noise of the ``train`` or ``test`` split."""
-    if split == "train":
-        return model.noise(settings.pairs, TRAIN_NOISE_SEED)
-    return model.noise(settings.test_pairs, TEST_NOISE_SEED)
-
-
 def teacher_set(model: DemoModel, settings: Settings, cache_dir: Path, split: str):
     """The teacher's images from the split's noise, from the cache or generated (and then cached).
 
     Returns a :class:`~comfyui_dyweight.trainer.pairs.TeacherRun` (``pairs``, ``cache_hit``, ``seconds``).
-    The training split is stored under the key :func:`distill` computes for the same noise, so
-    :func:`distil` finds it there and never runs the teacher itself.
+    The training split is cached where :func:`distil` looks for it, so it never runs the teacher itself.
     """
-    teacher = resolve_teacher(settings.teacher)
-    noise = noise_for(model, settings, split)
-    sigmas = torch.as_tensor(model.schedule(settings.rho)(settings.teacher_steps), dtype=torch.float64)
-    key = pairs_key(model.cache_key(settings, split), teacher, sigmas, noise, None)
+    config = settings.distill.with_given(pairs=settings.test_pairs if split == "test" else None)
     with torch.no_grad():
-        return teacher_pairs(model.denoise, noise, torch.arange(len(noise)), None, teacher, sigmas,
-                             settings.sampling_batch_size, key, cache_path(cache_dir, key), Reporter())
+        return teacher_pairs_for(model.source(settings, split), config, cache_dir=cache_dir)
 
 
 def distil(model: DemoModel, settings: Settings, cache_dir: Path, progress=None):
     """One Φ per NFE from the training split: a :class:`~comfyui_dyweight.trainer.DistillResult`."""
-    return distill(
-        model.denoise, noise_for(model, settings, "train"), model.schedule(settings.rho),
-        nfe=list(settings.nfe), teacher=settings.teacher, teacher_steps=settings.teacher_steps,
-        order=settings.order, afs=settings.afs, iterations=settings.iterations, batch_size=settings.batch_size,
-        lr=settings.lr, sampling_batch_size=settings.sampling_batch_size, seed=settings.seed,
-        checkpointing=settings.checkpointing, cache_dir=cache_dir, cache_key=model.cache_key(settings, "train"), progress=progress,
-        phi_fields={
-            "schedule": {"kind": "edm", "rho": settings.rho},
-            "sigma_min": model.sigma_min, "sigma_max": model.sigma_max,
-            "training": {"base_model": f"demo/{model.weights_path.name}",
-                         "base_model_hash": model.weights_sha256[:16]},
-        })
+    return distill(model.source(settings, "train"), settings.distill, cache_dir=cache_dir, progress=progress)
 
 
 def solvers_for(nfe: int, phi: Coefficients, model: DemoModel, settings: Settings) -> dict:
     """name → ``solve(denoise, x) -> x0`` at ``nfe`` model calls: the hand-made ones, the untrained
     initialisation of Φ and the distilled Φ."""
-    schedule = model.schedule(settings.rho)
+    schedule, config = model.schedule(settings.rho), settings.distill
     solvers = {name: (lambda solver: lambda denoise, x: solver(denoise, x, schedule(nfe)))(BASELINE_SOLVERS[name])
                for name in SOLVERS}  # ComfyUI's convention: N steps on the N-step grid, one call each
-    grid = schedule(nfe + int(settings.afs))
-    init = initial_coefficients(nfe, settings.order, afs=settings.afs, final_denoise=False)
+    grid = schedule(nfe + int(config.afs))
+    init = initial_coefficients(nfe, config.order, afs=config.afs, final_denoise=False)
     solvers["init"] = lambda denoise, x: dyweight_sample(denoise, x, grid, init)
     solvers["dyweight"] = lambda denoise, x: dyweight_sample(denoise, x, grid, phi)
     return solvers
@@ -222,10 +207,10 @@ def evaluate(model: DemoModel, coefficients: dict, test, settings: Settings, bat
     "best_hand_made"}`` and ``images[nfe][name]`` a tensor [grid_seeds, C, H, W].
     """
     pairs = test.pairs
-    jobs = [(nfe, name) for nfe in settings.nfe for name in [*HAND_MADE, "dyweight"]]
+    jobs = [(nfe, name) for nfe in settings.distill.nfe for name in [*HAND_MADE, "dyweight"]]
     bar = _bar(len(jobs), "test set", "solver", progress)
     rows, images = [], {}
-    for nfe in settings.nfe:
+    for nfe in settings.distill.nfe:
         solvers = solvers_for(nfe, coefficients[nfe], model, settings)
         figures, images[nfe] = {}, {}
         for name, solve in solvers.items():

@@ -25,21 +25,18 @@ import comfy.sample
 import comfy.samplers
 
 from ..coefficients.presets import default_scheduler
-from ..trainer.source import ModelSource, distill_source
+from ..trainer.distill import distill
+from ..trainer.source import ModelSource
 from .model_facts import ModelFacts, comfy_sigmas, facts_from_patcher, latent_channels
 
 LOG = logging.getLogger("comfyui_dyweight")
-#: The teacher when none is named: a multistep solver at 35 steps (70 is the CFG'd model-call count).
-DEFAULT_TEACHER = "dpmpp_2m"
-DEFAULT_TEACHER_STEPS = 35
-#: Teacher pairs when none are given (20% held out).
-DEFAULT_PAIRS = 64
-#: Pairs per training forward/backward pass: gradients are accumulated over the mini-batch, so with
-#: checkpointing training needs about one model call (CFG'd) with its backward pass at batch 1.
-MICRO_BATCH_SIZE = 1
-#: Pairs per sampling call without gradients (teacher, held-out checks, baselines): a batch that fits
-#: wherever ComfyUI samples a batch of 4 images.
-SAMPLING_BATCH_SIZE = 4
+#: The :class:`DistillConfig` settings for a ComfyUI model (the Train node's and the command's defaults):
+#: the teacher is a multistep solver at 35 steps (70 CFG'd model calls); 64 pairs (20% held out);
+#: checkpointing with micro-batches of 1, so training needs about one CFG'd model call with its backward
+#: pass; and sampling calls without gradients (teacher, held-out checks, baselines) of 4, a batch that
+#: fits wherever ComfyUI samples a batch of 4 images.
+COMFY_DEFAULTS = {"teacher": "dpmpp_2m", "teacher_steps": 35, "pairs": 64, "checkpointing": True,
+                  "micro_batch_size": 1, "sampling_batch_size": 4}
 #: ComfyUI samplers compared with the trained Φ, when the host has them (one model call per step each).
 BASELINES = ("euler", "ipndm", "ipndm_v", "dpmpp_2m", "deis", "uni_pc")
 
@@ -176,6 +173,8 @@ def latent_shape(model, width: int, height: int) -> tuple:
 
 def comfy_sampler(name: str, inner_model) -> Callable:
     """ComfyUI's sampler ``name`` as a trainer solver ``(denoise, x, sigmas) -> x0``."""
+    if name not in comfy.samplers.SAMPLER_NAMES:
+        raise ValueError(f"teacher sampler '{name}' is not one of this ComfyUI's samplers")
     sampler = comfy.samplers.sampler_object(name)
 
     def solve(denoise, x, sigmas):
@@ -258,23 +257,18 @@ def comfy_noise(target: ComfyTarget, facts: ModelFacts, seed: int) -> Callable[[
     return noise
 
 
-def open_comfy_source(target: ComfyTarget, body: Callable, *, teacher: str = DEFAULT_TEACHER,
-                      teacher_steps: int = DEFAULT_TEACHER_STEPS, pairs: int = DEFAULT_PAIRS, seed: int = 0,
-                      base_model: Optional[str] = None, prompts: Optional[Sequence[str]] = None,
-                      name: str = "comfyui", record: Optional[dict] = None):
+def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, base_model: Optional[str] = None,
+                      prompts: Optional[Sequence[str]] = None, name: str = "comfyui", record: Optional[dict] = None):
     """``body(source)`` with the live :class:`~comfyui_dyweight.trainer.source.ModelSource` of ``target``.
 
     This is the one wiring of a ComfyUI model into the trainer (:func:`distill_for_comfy` and the
-    ``train`` command's ComfyUI source both use it). Pairs take the prompts in turn; the teacher is
-    ComfyUI's sampler ``teacher`` at ``teacher_steps`` on the Φ's scheduler; the baselines are the host's
-    :data:`BASELINES`; flow models use the ``net_sigma`` divisor. The Φ records the sampler-side facts:
-    family, prediction, schedule, σ range and CFG; ``record`` adds entries (not ``None``) to its
-    ``training`` record.
+    ``train`` command's ComfyUI source both use it). Pairs take the prompts in turn and ComfyUI's noise
+    for ``seed`` + k; teachers are ComfyUI's samplers by name on the Φ's scheduler; the baselines are
+    the host's :data:`BASELINES`; the source's defaults are :data:`COMFY_DEFAULTS`, with the
+    ``net_sigma`` divisor for flow models. The Φ records the sampler-side facts: family, prediction,
+    schedule, σ range and CFG; ``record`` adds entries (not ``None``) to its ``training`` record.
     """
-    if teacher not in comfy.samplers.SAMPLER_NAMES:
-        raise ValueError(f"teacher sampler '{teacher}' is not one of this ComfyUI's samplers")
     facts, scheduler = target.facts(), target.schedule_name()
-    prompt_count = len(target.conditionings)
     cache_key = {
         "model": model_identity(target.model), "conditioning": conditioning_identity(target.conditionings),
         "cfg": target.cfg, "latent_shape": list(target.latent_shape), "scheduler": scheduler, "seed": seed,
@@ -293,24 +287,25 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, teacher: str = DEF
         if replaced:
             LOG.info("DyWeight: %d inference-mode weight tensors copied so gradients can flow", replaced)
         return body(ModelSource(
-            name=name, denoise=denoise, noise=comfy_noise(target, facts, seed),
-            schedule=lambda steps: comfy_sigmas(facts.model_sampling, scheduler, steps),
-            cache_key=cache_key, phi_fields=phi_fields, conditions=[index % prompt_count for index in range(pairs)],
-            teacher=comfy_sampler(teacher, inner_model), teacher_steps=teacher_steps,
+            denoise, comfy_noise(target, facts, seed), lambda steps: comfy_sigmas(facts.model_sampling, scheduler, steps),
+            name=name, cache_key=cache_key, phi_fields=phi_fields, conditions=range(len(target.conditionings)),
+            teachers=lambda teacher: comfy_sampler(teacher, inner_model),
             baselines=comfy_baselines(facts, scheduler, inner_model),
-            divisor="net_sigma" if facts.prediction == "flow" else "sigma", checkpointing=True,
-            micro_batch_size=MICRO_BATCH_SIZE, sampling_batch_size=SAMPLING_BATCH_SIZE))
+            defaults={**COMFY_DEFAULTS, "divisor": "net_sigma" if facts.prediction == "flow" else "sigma"}))
 
     return with_comfy_denoisers(target, live)
 
 
-def distill_for_comfy(target: ComfyTarget, nfe, *, teacher: str = DEFAULT_TEACHER,
-                      teacher_steps: int = DEFAULT_TEACHER_STEPS, pairs: int = DEFAULT_PAIRS, seed: int = 0,
-                      base_model: Optional[str] = None, prompts: Optional[Sequence[str]] = None, **options):
+def distill_for_comfy(target: ComfyTarget, *, seed: int = 0, base_model: Optional[str] = None,
+                      prompts: Optional[Sequence[str]] = None, cache_dir=None, state_dir=None, resume: bool = False,
+                      progress=None, **settings):
     """:func:`~comfyui_dyweight.trainer.distill` for a ComfyUI model (see :func:`open_comfy_source`).
 
-    ``options`` go to ``distill`` (iterations, batch_size, cache_dir, state_dir, resume, progress, …).
+    ``settings`` are :class:`~comfyui_dyweight.trainer.DistillConfig` fields (``nfe``, ``iterations``,
+    ``teacher``, …; ``None`` = the ComfyUI default); ``seed`` seeds the noise, the split and the batches.
     """
-    return open_comfy_source(target, lambda source: distill_source(source, nfe, seed=seed, **options),
-                             teacher=teacher, teacher_steps=teacher_steps, pairs=pairs, seed=seed,
-                             base_model=base_model, prompts=prompts)
+    def run(source: ModelSource):
+        return distill(source, source.config(seed=seed, **settings), cache_dir=cache_dir, state_dir=state_dir,
+                       resume=resume, progress=progress)
+
+    return open_comfy_source(target, run, seed=seed, base_model=base_model, prompts=prompts)

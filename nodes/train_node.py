@@ -11,8 +11,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..host.training_target import (DEFAULT_TEACHER, DEFAULT_TEACHER_STEPS, MICRO_BATCH_SIZE, SAMPLING_BATCH_SIZE,
-                                     ComfyTarget, distill_for_comfy, encode_prompt, latent_shape)
+from ..host.training_target import COMFY_DEFAULTS, ComfyTarget, distill_for_comfy, encode_prompt, latent_shape
 from ..trainer.progress import TrainingInterrupted
 from ..trainer.report import validation_markdown
 from .folders import FOLDER_NAME
@@ -90,14 +89,14 @@ class DyWeightTrain:
                                    "tooltip": "Image height of the training latents."}),
                 "steps": ("INT", {"default": 5, "min": 2, "max": 20,
                                   "tooltip": "NFE: model calls per image of the trained solver."}),
-                "pairs": ("INT", {"default": 64, "min": 8, "max": 4096,
+                "pairs": ("INT", {"default": COMFY_DEFAULTS["pairs"], "min": 8, "max": 4096,
                                   "tooltip": "Teacher samples to learn from (20% are held out for validation). "
                                              "Cached and reused for other NFE and later runs."}),
                 "iterations": ("INT", {"default": 300, "min": 1, "max": 100000,
                                        "tooltip": "Optimisation steps (Adam, cosine schedule)."}),
-                "teacher_sampler": (teacher_choices(), {"default": DEFAULT_TEACHER,
+                "teacher_sampler": (teacher_choices(), {"default": COMFY_DEFAULTS["teacher"],
                                                         "tooltip": "The sampler whose many-step result is learned."}),
-                "teacher_steps": ("INT", {"default": DEFAULT_TEACHER_STEPS, "min": 10, "max": 1000,
+                "teacher_steps": ("INT", {"default": COMFY_DEFAULTS["teacher_steps"], "min": 10, "max": 1000,
                                           "tooltip": "Steps of the teacher (more is more accurate and slower)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
                                  "tooltip": "Seeds the training noise, the split and the mini-batches."}),
@@ -105,11 +104,11 @@ class DyWeightTrain:
                                          "tooltip": "Saved as models/dyweight/<file_name>-nfe<steps>.safetensors."}),
             },
             "optional": {
-                "micro_batch": ("INT", {"default": MICRO_BATCH_SIZE, "min": 1, "max": 256,
+                "micro_batch": ("INT", {"default": COMFY_DEFAULTS["micro_batch_size"], "min": 1, "max": 256,
                                         "tooltip": "Images per training forward/backward pass. Gradients are "
                                                    "summed over each step, so the result is the same; larger is "
                                                    "faster on a big GPU and needs more memory."}),
-                "sampling_batch": ("INT", {"default": SAMPLING_BATCH_SIZE, "min": 1, "max": 256,
+                "sampling_batch": ("INT", {"default": COMFY_DEFAULTS["sampling_batch_size"], "min": 1, "max": 256,
                                            "tooltip": "Images per teacher or validation sampling call (as a "
                                                       "KSampler batch): raise it on a big GPU for speed."}),
             },
@@ -117,8 +116,7 @@ class DyWeightTrain:
         }
 
     def train(self, model, clip, prompts, negative, cfg, width, height, steps, pairs, iterations, teacher_sampler,
-              teacher_steps, seed, file_name, micro_batch=MICRO_BATCH_SIZE, sampling_batch=SAMPLING_BATCH_SIZE,
-              unique_id=None):
+              teacher_steps, seed, file_name, micro_batch=None, sampling_batch=None, unique_id=None):
         prompt_list = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not prompt_list:
             raise ValueError("DyWeight training needs at least one prompt (one per line)")
@@ -128,10 +126,10 @@ class DyWeightTrain:
                              latent_shape(model, width, height))
         try:
             result = distill_for_comfy(
-                target, [steps], teacher=teacher_sampler, teacher_steps=teacher_steps, pairs=pairs, seed=seed,
-                prompts=prompt_list, iterations=iterations, micro_batch_size=micro_batch,
-                sampling_batch_size=sampling_batch, cache_dir=cache_folder(),
-                progress=TrainingProgress(unique_id, pairs, iterations))
+                target, seed=seed, prompts=prompt_list, cache_dir=cache_folder(),
+                progress=TrainingProgress(unique_id, pairs, iterations), nfe=[steps], teacher=teacher_sampler,
+                teacher_steps=teacher_steps, pairs=pairs, iterations=iterations, micro_batch_size=micro_batch,
+                sampling_batch_size=sampling_batch)
         except TrainingInterrupted as stop:
             self._keep_best(stop, steps, path, unique_id)
             raise comfy.model_management.InterruptProcessingException() from None

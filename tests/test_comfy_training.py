@@ -39,7 +39,7 @@ def two_prompt_target(adapter, model):
 
 def test_adapter_distils_a_phi_that_beats_its_initialisation_and_samples(adapter, dw, inference_mode_model, tmp_path):
     target = two_prompt_target(adapter, inference_mode_model)
-    result = adapter.distill_for_comfy(target, [3], cache_dir=tmp_path, progress=lambda event: None, **SMALL)
+    result = adapter.distill_for_comfy(target, cache_dir=tmp_path, progress=lambda event: None, nfe=[3], **SMALL)
     row = result.table[0]
     assert row["dyweight"] < row["init"], row
     assert set(row["baselines"]) >= {"euler", "dpmpp_2m"}
@@ -55,7 +55,7 @@ def test_adapter_distils_a_phi_that_beats_its_initialisation_and_samples(adapter
                                            coefficients=Coefficients.load(tmp_path / "trained.safetensors"))
     assert torch.isfinite(sampled["result"][0]["samples"]).all()
 
-    again = adapter.distill_for_comfy(target, [3], cache_dir=tmp_path, progress=lambda event: None,
+    again = adapter.distill_for_comfy(target, cache_dir=tmp_path, progress=lambda event: None, nfe=[3],
                                       **{**SMALL, "iterations": 1})
     assert again.timings["teacher_cache_hit"]
 

@@ -79,7 +79,7 @@ def two_runs(tmp_path_factory):
 def test_quick_demo_writes_the_grid_the_plot_and_a_finite_table(two_runs):
     out, stdout, results = two_runs[0]
     width, height = png_size(out / "grid.png")
-    columns, rows = 5, len(results["settings"]["nfe"])  # teacher + 3 hand-made + DyWeight; one row per NFE
+    columns, rows = 5, len(results["settings"]["distill"]["nfe"])  # teacher + 3 hand-made + DyWeight; one row per NFE
     zoomed = 16 * 4
     assert width > columns * 3 * zoomed and height > rows * 2 * zoomed, (width, height)
     if importlib.util.find_spec("matplotlib") is None:

@@ -11,17 +11,20 @@ import torch
 
 from comfyui_dyweight.coefficients import (
     Coefficients, SamplingError, adams_bashforth, dyweight_sample, edm_sigmas, shifted_times)
-from comfyui_dyweight.trainer import TEACHERS, TrainingInterrupted, distill
+from comfyui_dyweight.trainer import TEACHERS, DistillConfig, ModelSource, TrainingInterrupted, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture, gaussian_denoiser
 from comfyui_dyweight.trainer.optimise import (
-    TIME_FLOOR, Settings, Student, batch_gradients, endpoint_loss, initial_parameters)
+    TIME_FLOOR, Student, batch_gradients, endpoint_loss, initial_parameters)
 from comfyui_dyweight.trainer.pairs import PairSet, draw_noise
 from comfyui_dyweight.trainer.teachers import sample_heun
 
 F64 = torch.float64
 SIGMA_MAX = 80.0
-SMALL = dict(teacher_steps=24, iterations=120, batch_size=16, validation_every=20, progress=lambda event: None)
+SMALL = DistillConfig(nfe=3, teacher_steps=24, iterations=120, batch_size=16, validation_every=20)
 
+
+def quiet(event):
+    """No progress bars in the test log."""
 
 
 def karras(steps):
@@ -48,7 +51,8 @@ def held_out_rmse(phi, denoise, pairs: PairSet, sigmas):
 
 @pytest.fixture(scope="module")
 def trained(mixture):
-    return distill(mixture.denoise, latents(64, mixture.dim, 1), karras, nfe=[3, 4], **{**SMALL, "iterations": 200})
+    return distill(ModelSource(mixture.denoise, latents(64, mixture.dim, 1), karras),
+                   SMALL.with_given(nfe=[3, 4], iterations=200), progress=quiet)
 
 
 def test_loss_falls_and_trained_phi_beats_adams_bashforth_on_new_seeds(mixture, trained):
@@ -83,8 +87,8 @@ def test_result_records_table_and_never_worse_than_init_on_held_out(mixture, tra
 
 
 def test_returns_the_initialisation_when_training_cannot_improve(mixture, tmp_path):
-    result = distill(mixture.denoise, latents(40, mixture.dim, 2), karras, nfe=[3],
-                     **{**SMALL, "iterations": 30, "lr": 50.0})
+    result = distill(ModelSource(mixture.denoise, latents(40, mixture.dim, 2), karras),
+                     SMALL.with_given(iterations=30, lr=50.0), progress=quiet)
     phi = result.coefficients[3]
     assert torch.equal(phi.weights, adams_bashforth(3, 3).weights.float())
     assert torch.equal(phi.time_scale, torch.ones(3))
@@ -107,7 +111,7 @@ def test_nan_from_the_denoiser_stops_training_and_keeps_the_last_good_phi(mixtur
         if event["kind"] == "train" and event["iteration"] == 50:
             poisoned["next_call"] = True
 
-    result = distill(glitching, latents(48, mixture.dim, 3), karras, nfe=[3], **{**SMALL, "progress": progress})
+    result = distill(ModelSource(glitching, latents(48, mixture.dim, 3), karras), SMALL, progress=progress)
     row, = result.table
     assert row["status"] == "stopped" and row["iterations"] == 50
     assert any("NFE 3" in note and "stopped at iteration 51" in note and "NaN" in note for note in result.notes)
@@ -160,8 +164,9 @@ def test_cache_hit_skips_the_teacher_and_a_changed_key_misses(mixture, tmp_path)
 
     def run(key, nfe=(3,)):
         model_calls.clear(), teacher_calls.clear()
-        return distill(counting, noise, karras, nfe=list(nfe), teacher=counting_teacher(teacher_calls),
-                       cache_dir=tmp_path, cache_key=key, **{**SMALL, "iterations": 0})
+        return distill(ModelSource(counting, noise, karras, cache_key=key),
+                       SMALL.with_given(nfe=nfe, teacher=counting_teacher(teacher_calls), iterations=0),
+                       cache_dir=tmp_path, progress=quiet)
 
     first = run({"model": "a", "cfg": 7.5})
     miss_calls, miss_teacher = len(model_calls), len(teacher_calls)
@@ -199,9 +204,9 @@ class TinyNet(torch.nn.Module):
 def test_checkpointing_changes_nothing_and_no_model_gradients_are_built(mixture):
     net = TinyNet(mixture.dim)
     noise = latents(24, mixture.dim, 5)
-    kwargs = {**SMALL, "iterations": 15, "teacher_steps": 8, "baselines": {}}
-    plain = distill(net, noise, karras, nfe=[3], **kwargs)
-    checkpointed = distill(net, noise, karras, nfe=[3], checkpointing=True, **kwargs)
+    source, config = ModelSource(net, noise, karras, baselines={}), SMALL.with_given(iterations=15, teacher_steps=8)
+    plain = distill(source, config, progress=quiet)
+    checkpointed = distill(source, config.with_given(checkpointing=True), progress=quiet)
     assert torch.equal(plain.coefficients[3].weights, checkpointed.coefficients[3].weights)
     assert torch.equal(plain.coefficients[3].time_scale, checkpointed.coefficients[3].time_scale)
     assert all(parameter.grad is None for parameter in net.parameters())
@@ -218,7 +223,8 @@ def test_checkpointing_changes_nothing_and_no_model_gradients_are_built(mixture)
 def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(mixture):
     net = TinyNet(mixture.dim)
     noise = latents(24, mixture.dim, 7)
-    pairs = distill(net, noise, karras, nfe=[3], **{**SMALL, "iterations": 0, "teacher_steps": 8}).pairs
+    pairs = distill(ModelSource(net, noise, karras), SMALL.with_given(iterations=0, teacher_steps=8),
+                    progress=quiet).pairs
     batch = pairs.subset(slice(0, 8))
     student = Student(adams_bashforth(3, 3), *initial_parameters(adams_bashforth(3, 3)))
     whole = torch.autograd.grad(endpoint_loss(net, batch, karras(3), student.phi(), False), student.parameters)
@@ -229,30 +235,31 @@ def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(
             differentiated_rows.append(x.shape[0])
         return net(x, sigma)
 
-    settings = Settings(iterations=1, batch_size=8, lr=0.1, validation_every=1, seed=0, checkpointing=True,
-                        micro_batch_size=3, sampling_batch_size=8)  # 3 + 3 + 2: the last micro-batch is smaller
-    loss, accumulated = batch_gradients(student, recording, batch, karras(3), settings)
+    config = DistillConfig(iterations=1, batch_size=8, lr=0.1, validation_every=1, seed=0, checkpointing=True,
+                           micro_batch_size=3, sampling_batch_size=8)  # 3 + 3 + 2: the last micro-batch is smaller
+    loss, accumulated = batch_gradients(student, recording, batch, karras(3), config)
     assert loss == pytest.approx(float(endpoint_loss(net, batch, karras(3), student.phi(), False).detach()), rel=1e-12)
     for expected, got in zip(whole, accumulated):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7) and expected.abs().sum() > 0
     assert differentiated_rows and max(differentiated_rows) == 3
 
-    kwargs = {**SMALL, "iterations": 15, "teacher_steps": 8}
-    plain = distill(net, noise, karras, nfe=[3], **kwargs)
+    config = SMALL.with_given(iterations=15, teacher_steps=8)
+    plain = distill(ModelSource(net, noise, karras), config, progress=quiet)
     rows_by_grad = {True: [], False: []}
 
     def recording_all(x, sigma):
         rows_by_grad[torch.is_grad_enabled()].append(x.shape[0])
         return net(x, sigma)
 
-    micro = distill(recording_all, noise, karras, nfe=[3], micro_batch_size=5, sampling_batch_size=3, **kwargs)
+    micro = distill(ModelSource(recording_all, noise, karras),
+                    config.with_given(micro_batch_size=5, sampling_batch_size=3), progress=quiet)
     assert torch.allclose(micro.coefficients[3].weights, plain.coefficients[3].weights, rtol=1e-4, atol=1e-5)
     assert not torch.equal(micro.coefficients[3].weights, adams_bashforth(3, 3).weights)  # it trained
     assert max(rows_by_grad[True]) == 5  # training: micro-batches of batch_size 16
     assert max(rows_by_grad[False]) == 3  # the teacher, the held-out checks and the baselines
     for bad in ({"micro_batch_size": 0}, {"sampling_batch_size": 0}):
-        with pytest.raises(ValueError, match="sampling_batch_size"):
-            distill(net, noise, karras, nfe=[3], **bad, **kwargs)
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be ≥ 1"):
+            config.with_given(**bad)
 
 
 def test_conditions_reach_the_denoiser_row_by_row(mixture):
@@ -264,7 +271,8 @@ def test_conditions_reach_the_denoiser_row_by_row(mixture):
 
     labels = [0, 1] * 10
     noise = latents(20, mixture.dim, 6)
-    result = distill(conditional, noise, karras, nfe=[3], conditions=labels, **{**SMALL, "iterations": 10})
+    result = distill(ModelSource(conditional, noise, karras, conditions=labels), SMALL.with_given(iterations=10),
+                     progress=quiet)
     for label in (0, 1):
         rows = torch.tensor(labels) == label
         expected = sample_heun(lambda x, s: mixture.denoise(x - shifts[label], s) + shifts[label],
@@ -328,6 +336,7 @@ def test_interrupting_without_a_state_dir_still_returns_the_best_so_far(mixture)
             raise TrainingInterrupted()
 
     with pytest.raises(TrainingInterrupted, match="nothing saved") as caught:
-        distill(mixture.denoise, latents(40, mixture.dim, 7), karras, nfe=[3, 4], **{**SMALL, "progress": stop_at_40})
+        distill(ModelSource(mixture.denoise, latents(40, mixture.dim, 7), karras), SMALL.with_given(nfe=[3, 4]),
+                progress=stop_at_40)
     assert list(caught.value.result.coefficients) == [3] and caught.value.state_path is None
     assert caught.value.result.history[3]["train"][-1][0] == 40

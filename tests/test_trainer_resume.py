@@ -7,11 +7,12 @@ import torch
 from safetensors import safe_open
 
 from comfyui_dyweight.coefficients import edm_sigmas
-from comfyui_dyweight.trainer import TrainingInterrupted, distill
+from comfyui_dyweight.trainer import DistillConfig, ModelSource, TrainingInterrupted, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture
 from comfyui_dyweight.trainer.teachers import sample_heun
 
-SETTINGS = dict(nfe=[3, 4], teacher_steps=16, iterations=60, batch_size=8, validation_every=20, sampling_batch_size=8)
+SETTINGS = DistillConfig(nfe=[3, 4], teacher_steps=16, iterations=60, batch_size=8, validation_every=20,
+                         sampling_batch_size=8)
 
 
 
@@ -30,8 +31,9 @@ def noise(mixture):
 
 
 def run(mixture, noise, state_dir, progress=lambda event: None, denoise=None, **overrides):
-    return distill(denoise or mixture.denoise, noise, karras, state_dir=state_dir, progress=progress,
-                   **{**SETTINGS, **overrides})
+    resume = overrides.pop("resume", False)
+    return distill(ModelSource(denoise or mixture.denoise, noise, karras), SETTINGS.with_given(**overrides),
+                   state_dir=state_dir, resume=resume, progress=progress)
 
 
 @pytest.fixture(scope="module")

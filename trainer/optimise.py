@@ -28,6 +28,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..coefficients import Coefficients, CoefficientError, SamplingError, dyweight_sample, shifted_times
+from .config import DistillConfig
 from .pairs import PairSet
 from .progress import Reporter
 from .state import NfeRun
@@ -38,20 +39,6 @@ WARMUP_FRACTION = 0.05
 MAX_GRAD_NORM = 1.0
 #: The running time is kept at t̃_n ≥ TIME_FLOOR·σ_n (n ≥ 1) by projecting the weight rows.
 TIME_FLOOR = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """The optimisation settings shared by every NFE target of a run."""
-
-    iterations: int
-    batch_size: int
-    lr: float
-    validation_every: int
-    seed: int
-    checkpointing: bool
-    micro_batch_size: int  # pairs per forward/backward pass; ≥ batch_size = the whole mini-batch at once
-    sampling_batch_size: int  # pairs per model-call batch without gradients (held-out checks)
 
 
 class Student:
@@ -93,21 +80,21 @@ def initial_parameters(init: Coefficients) -> tuple:
     return init.weights.detach().float(), init.time_scale.detach().float().log()
 
 
-def learning_rate(iteration: int, settings: Settings) -> float:
+def learning_rate(iteration: int, config: DistillConfig) -> float:
     """Linear warm-up over the first ``WARMUP_FRACTION`` of the iterations, then cosine decay to 0."""
-    warmup = max(1, round(WARMUP_FRACTION * settings.iterations))
+    warmup = max(1, round(WARMUP_FRACTION * config.iterations))
     if iteration < warmup:
-        return settings.lr * (iteration + 1) / warmup
-    progress = (iteration - warmup) / max(1, settings.iterations - warmup)
-    return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        return config.lr * (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, config.iterations - warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def batch_indices(settings: Settings, nfe: int, iteration: int, count: int) -> torch.Tensor:
+def batch_indices(config: DistillConfig, nfe: int, iteration: int, count: int) -> torch.Tensor:
     """The training pairs of one iteration: a seeded draw without replacement, a function of
     (seed, NFE, iteration) only."""
-    digest = hashlib.sha256(f"dyweight/{settings.seed}/{nfe}/{iteration}".encode()).digest()
+    digest = hashlib.sha256(f"dyweight/{config.seed}/{nfe}/{iteration}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    return torch.randperm(count, generator=generator)[:settings.batch_size].sort().values
+    return torch.randperm(count, generator=generator)[:config.batch_size].sort().values
 
 
 def checkpointed(denoise: Callable) -> Callable:
@@ -146,25 +133,25 @@ def phi_rmse(phi: Coefficients, sigmas: torch.Tensor, denoise: Callable, pairs: 
 
 
 def train(run: NfeRun, template: Coefficients, sigmas: torch.Tensor, denoise: Callable, train_pairs: PairSet,
-          validation_pairs: PairSet, settings: Settings, reporter: Reporter,
+          validation_pairs: PairSet, config: DistillConfig, reporter: Reporter,
           commit: Callable[[NfeRun, bool], None]) -> None:
-    """Optimise ``run`` from its current iteration to ``settings.iterations`` (Algorithm 1, lines 3–8).
+    """Optimise ``run`` from its current iteration to ``config.iterations`` (Algorithm 1, lines 3–8).
 
     After every iteration ``commit(snapshot, validated)`` receives a consistent copy of the run (what an
     interruption saves). A non-finite loss or gradient, or a Φ the update rule refuses, stops this NFE
     (``status = "stopped"``) and keeps the best Φ so far.
     """
     student = Student(template, run.weights, run.log_scale)
-    optimizer = torch.optim.Adam(student.parameters, lr=settings.lr)
+    optimizer = torch.optim.Adam(student.parameters, lr=config.lr)
     if run.adam:
         optimizer.load_state_dict({"state": _unflatten(run.adam), "param_groups": optimizer.state_dict()["param_groups"]})
-    reporter.begin(f"NFE {run.nfe}", run.iteration, settings.iterations)
+    reporter.begin(f"NFE {run.nfe}", run.iteration, config.iterations)
     clock = time.monotonic()
-    while run.iteration < settings.iterations and run.status == "training":
+    while run.iteration < config.iterations and run.status == "training":
         iteration = run.iteration
-        batch = train_pairs.subset(batch_indices(settings, run.nfe, iteration, len(train_pairs)))
+        batch = train_pairs.subset(batch_indices(config, run.nfe, iteration, len(train_pairs)))
         try:
-            loss = _step(student, optimizer, learning_rate(iteration, settings), denoise, batch, sigmas, settings)
+            loss = _step(student, optimizer, learning_rate(iteration, config), denoise, batch, sigmas, config)
         except Diverged as error:
             _stop(run, iteration + 1, str(error))
             break
@@ -172,13 +159,13 @@ def train(run: NfeRun, template: Coefficients, sigmas: torch.Tensor, denoise: Ca
         run.weights, run.log_scale = student.weights.detach(), student.log_scale.detach()
         run.adam = _flatten(optimizer.state_dict()["state"])
         run.iteration = iteration + 1
-        validated = run.iteration % settings.validation_every == 0 or run.iteration == settings.iterations
+        validated = run.iteration % config.validation_interval == 0 or run.iteration == config.iterations
         if validated:
-            _validate(run, student, sigmas, denoise, validation_pairs, settings)
+            _validate(run, student, sigmas, denoise, validation_pairs, config)
         run.seconds += time.monotonic() - clock
         clock = time.monotonic()
         commit(run.snapshot(), validated)
-        reporter.train(run.nfe, run.iteration, settings.iterations, loss)
+        reporter.train(run.nfe, run.iteration, config.iterations, loss)
         if validated and run.validation and run.validation[-1][0] == run.iteration:
             reporter.validation(run.nfe, run.iteration, run.validation[-1][1], run.best_rmse)
     if run.status == "training":
@@ -190,7 +177,7 @@ class Diverged(Exception):
     """No step could be taken from the current Φ (the message says why)."""
 
 
-def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, settings: Settings) -> tuple:
+def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, config: DistillConfig) -> tuple:
     """The mini-batch loss and its gradients in (W, log s), accumulated over micro-batches.
 
     A micro-batch's mean loss enters with weight (its size / the batch's): every pair has as many
@@ -203,11 +190,11 @@ def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, settings:
         Diverged: a loss is NaN/Inf, or the update rule refused the Φ.
     """
     loss, gradients = 0.0, None
-    for start in range(0, len(batch), settings.micro_batch_size):
-        part = batch.subset(slice(start, start + settings.micro_batch_size))
+    for start in range(0, len(batch), config.micro_batch):
+        part = batch.subset(slice(start, start + config.micro_batch))
         try:
             with torch.enable_grad():
-                part_loss = endpoint_loss(denoise, part, sigmas, student.phi(), settings.checkpointing)
+                part_loss = endpoint_loss(denoise, part, sigmas, student.phi(), config.checkpointing)
                 part_loss = part_loss * (len(part) / len(batch))
                 if not torch.isfinite(part_loss):
                     raise Diverged(f"the loss became {float(part_loss)}")
@@ -219,13 +206,13 @@ def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, settings:
     return loss, gradients
 
 
-def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigmas, settings: Settings) -> float:
+def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigmas, config: DistillConfig) -> float:
     """One Adam step; returns the batch loss.
 
     Raises:
         Diverged: the loss or a gradient is NaN/Inf, or the update rule refused the Φ.
     """
-    loss, gradients = batch_gradients(student, denoise, batch, sigmas, settings)
+    loss, gradients = batch_gradients(student, denoise, batch, sigmas, config)
     if not all(torch.isfinite(g).all() for g in gradients):
         raise Diverged("a gradient became NaN/Inf")
     for parameter, gradient in zip(student.parameters, gradients):
@@ -238,11 +225,11 @@ def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigma
     return loss
 
 
-def _validate(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, settings: Settings) -> None:
+def _validate(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, config: DistillConfig) -> None:
     """Held-out RMSE of the current Φ; keep it as the best when it beats every earlier one."""
     try:
         phi = student.phi().detached()
-        rmse = phi_rmse(phi, sigmas, denoise, pairs, settings.sampling_batch_size)
+        rmse = phi_rmse(phi, sigmas, denoise, pairs, config.sampling_batch)
     except (CoefficientError, SamplingError) as error:
         rmse = math.nan
         reason = f"the current Φ is unusable on held-out data ({error})"

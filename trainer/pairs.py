@@ -66,7 +66,8 @@ def draw_noise(noise: NoiseSource, count: Optional[int], conditions: Optional[Se
     ``noise`` is a tensor [P, …] (the seed of a pair is its row index; ``count`` may take the first
     rows), or a callable ``noise(seed) -> tensor [B, …]`` called with seeds 0, 1, 2, … until ``count``
     latents are drawn (every row of a batch records the seed that made it). ``count`` defaults to
-    ``len(conditions)``, else all rows of a tensor, else :data:`DEFAULT_PAIRS`.
+    ``len(conditions)``, else all rows of a tensor, else :data:`DEFAULT_PAIRS`. The pairs take the
+    ``conditions`` labels in turn (pair i gets ``conditions[i % len(conditions)]``).
     """
     if count is None and conditions is not None:
         count = len(conditions)
@@ -81,9 +82,10 @@ def draw_noise(noise: NoiseSource, count: Optional[int], conditions: Optional[Se
         raise TypeError("noise must be a tensor [P, …] or a callable noise(seed) -> tensor [B, …]")
     labels = None
     if conditions is not None:
-        labels = torch.as_tensor(list(conditions), dtype=torch.int64)
-        if labels.shape != (count,):
-            raise ValueError(f"conditions must hold one label per pair ({count}), got {tuple(labels.shape)}")
+        cycle = torch.as_tensor(list(conditions), dtype=torch.int64)
+        if cycle.ndim != 1 or not len(cycle):
+            raise ValueError(f"conditions must be a non-empty sequence of integer labels, got {list(conditions)!r}")
+        labels = cycle[torch.arange(count) % len(cycle)]
     if not torch.isfinite(latents).all():
         raise ValueError("the initial noise holds NaN or Inf")
     return latents, seeds, labels

@@ -2,54 +2,69 @@
 
 A :class:`ModelSource` holds the denoiser, the noise, the base schedule, the cache key and the
 :class:`Coefficients` fields of one model, so whoever trains (the command line, the Train node) knows
-nothing of the model behind it. The toy source (a seeded Gaussian mixture with an exact denoiser) makes the command
-runnable end to end without a checkpoint. A model that only exists inside a context — ComfyUI's guided
-denoiser lives inside nested sampling calls — is a :class:`DeferredSource`: ``open(body)`` loads it and
-runs ``body`` with the live :class:`ModelSource`. Both are used as ``source.open(body)``, and
-:func:`distill_source` is the one place a live source's fields become :func:`distill` arguments.
+nothing of the model behind it. The toy source (a seeded Gaussian mixture with an exact denoiser) makes
+the command runnable end to end without a checkpoint. A model that only exists inside a context — ComfyUI's guided
+denoiser lives inside a sampling call — is a :class:`DeferredSource`: ``open(body)`` loads it and runs
+``body`` with the live :class:`ModelSource`. Both are used as ``source.open(body)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from ..coefficients import edm_sigmas
 from .analytic import GaussianMixture
-from .distill import distill
+from .config import DistillConfig
 from .pairs import NoiseSource
 
 
 @dataclasses.dataclass
 class ModelSource:
-    """Everything :func:`~comfyui_dyweight.trainer.distill` needs about a model.
+    """Everything :func:`~comfyui_dyweight.trainer.distill` needs to know about a model.
 
-    ``teacher``/``teacher_steps``/``baselines`` of ``None`` mean the command-line teacher and the built-in
-    baselines; ``divisor`` is the model family's (``net_sigma`` for FLUX). For neural models
-    ``checkpointing`` is on and ``micro_batch_size``/``sampling_batch_size`` are small, so training
-    needs about one sampling call's memory at a small batch. ``default_out``/``default_cache_dir`` are
-    the command's folders when none are given.
+    Attributes:
+        denoise: ``denoise(x, sigma) -> x0`` for a batch and a 0-d ``sigma`` (CFG applied); with
+            ``conditions``, ``denoise(x, sigma, condition=labels)`` with the batch's labels [B].
+        noise: the initial latents at σ_max (already scaled): a tensor [P, …], or a callable
+            ``noise(seed) -> tensor [B, …]`` called with seeds 0, 1, 2, … until enough are drawn.
+        schedule: ``schedule(n)`` → the n+1 decreasing base sigmas of an n-step grid; every grid must
+            start at the same σ_max.
+        name: the stem of the files written for it.
+        cache_key: what identifies the teacher pairs (JSON-able: model identity, patches, prompts, size,
+            CFG, …); without it the pairs are not cached across runs.
+        phi_fields: further :class:`Coefficients` fields of the result (``schedule``, ``prediction``,
+            ``model_family``, ``sigma_min``, ``sigma_max``, ``cfg``; a ``training`` dict is merged into
+            the record). Default schedule: ``{"kind": "explicit"}``; ``sigmas`` is always the grid.
+        conditions: one integer label per pair (e.g. a prompt index), passed to ``denoise``.
+        teachers: ``teachers(name) -> solver`` for this model's teacher names (ComfyUI's samplers);
+            default: the trainer's built-in solvers.
+        baselines: name → ``(denoise, x, nfe) -> x0`` for the validation table; default Euler, iPNDM
+            and DPM-Solver++(2M) on ``schedule(nfe)``; ``{}`` for none.
+        defaults: the :class:`DistillConfig` settings that suit this model (e.g. checkpointing, small
+            micro-batches and the ``net_sigma`` divisor for a large flow model); see :meth:`config`.
+        default_out, default_cache_dir: where a command writes when it is told nowhere else.
     """
 
-    name: str
     denoise: Callable
     noise: NoiseSource
     schedule: Callable[[int], torch.Tensor]
-    cache_key: Optional[dict]
-    phi_fields: dict
+    name: str = "model"
+    cache_key: Optional[dict] = None
+    phi_fields: dict = dataclasses.field(default_factory=dict)
     conditions: Optional[Sequence[int]] = None
-    teacher: Union[str, Callable, None] = None
+    teachers: Optional[Callable[[str], Callable]] = None
     baselines: Optional[dict] = None
-    divisor: str = "sigma"
-    checkpointing: bool = False
-    micro_batch_size: Optional[int] = None
-    sampling_batch_size: Optional[int] = None
-    teacher_steps: Optional[int] = None
+    defaults: dict = dataclasses.field(default_factory=dict)
     default_out: Optional[Path] = None
     default_cache_dir: Optional[Path] = None
+
+    def config(self, **given) -> DistillConfig:
+        """The run's settings: this model's :attr:`defaults`, then ``given`` (``None`` = not given)."""
+        return DistillConfig(**self.defaults).with_given(**given)
 
     def open(self, body: Callable[["ModelSource"], Any]) -> Any:
         """``body(self)``: this source is live already."""
@@ -69,17 +84,6 @@ class DeferredSource:
 
     def open(self, body: Callable[[ModelSource], Any]) -> Any:
         return self.opener(body)
-
-
-def distill_source(source: ModelSource, nfe, **options):
-    """:func:`~comfyui_dyweight.trainer.distill` on a live source: its fields (``None`` ones left to
-    ``distill``'s defaults), then ``options`` (iterations, cache_dir, state_dir, …), which win."""
-    fields = {"teacher": source.teacher, "teacher_steps": source.teacher_steps, "baselines": source.baselines,
-              "conditions": source.conditions, "divisor": source.divisor, "checkpointing": source.checkpointing,
-              "micro_batch_size": source.micro_batch_size, "sampling_batch_size": source.sampling_batch_size,
-              "cache_key": source.cache_key, "phi_fields": source.phi_fields}
-    fields = {key: value for key, value in fields.items() if value is not None}
-    return distill(source.denoise, source.noise, source.schedule, nfe, **{**fields, **options})
 
 
 #: The toy problem: a Gaussian mixture in VE (EDM) form on ComfyUI's ``karras`` grid.
@@ -102,7 +106,7 @@ def toy_gmm_source() -> ModelSource:
 
     description = ", ".join(f"{key} {value}" for key, value in TOY_MIXTURE.items())
     return ModelSource(
-        name="toy-gmm", denoise=mixture.denoise, noise=noise, schedule=toy_schedule,
+        mixture.denoise, noise, toy_schedule, name="toy-gmm",
         cache_key={"model": "toy-gmm", **TOY_MIXTURE},
         phi_fields={"schedule": {"kind": "edm", "rho": TOY_RHO, "to_zero": True},
                     "sigma_min": TOY_SIGMA_MIN, "sigma_max": TOY_SIGMA_MAX,

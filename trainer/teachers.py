@@ -13,7 +13,7 @@ against at the same NFE.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -113,17 +113,24 @@ class Teacher:
     solve: Solver
 
 
-def resolve_teacher(teacher: Union[str, Solver]) -> Teacher:
-    """A built-in teacher name, or any callable ``teacher(denoise, x, sigmas) -> x0``.
+def resolve_teacher(teacher: Union[str, Solver], by_name: Optional[Callable[[str], Solver]] = None) -> Teacher:
+    """A teacher name, or any callable ``teacher(denoise, x, sigmas) -> x0``.
 
-    A callable is recorded under its ``name`` attribute, else its ``__name__``.
+    A name is looked up with ``by_name`` (a model source's own solvers, e.g. ComfyUI's samplers; it
+    raises ``ValueError`` for names it lacks) or among the built-in :data:`TEACHERS`. A solver is
+    recorded under its ``name`` attribute, else its ``__name__``, else the name it was looked up by.
     """
-    if callable(teacher):
-        return Teacher(str(getattr(teacher, "name", None) or getattr(teacher, "__name__", "custom")), teacher)
-    if teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {teacher!r}: use one of {sorted(TEACHERS)} or a callable "
-                         "teacher(denoise, x, sigmas) -> x0")
-    return Teacher(teacher, TEACHERS[teacher])
+    if isinstance(teacher, str):
+        if by_name is not None:
+            teacher = by_name(teacher)
+        elif teacher in TEACHERS:
+            return Teacher(teacher, TEACHERS[teacher])
+        else:
+            raise ValueError(f"unknown teacher {teacher!r}: use one of {sorted(TEACHERS)} or a callable "
+                             "teacher(denoise, x, sigmas) -> x0")
+    if not callable(teacher):
+        raise TypeError(f"a teacher is a solver name or a callable teacher(denoise, x, sigmas) -> x0, got {teacher!r}")
+    return Teacher(str(getattr(teacher, "name", None) or getattr(teacher, "__name__", "custom")), teacher)
 
 
 def on_schedule(solver: Solver, schedule: Callable[[int], torch.Tensor]) -> Baseline:
