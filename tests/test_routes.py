@@ -90,7 +90,7 @@ def test_publish_cleans_events_bounds_history_and_sends_to_the_server(monkeypatc
         def send_sync(self, event, data, sid=None):
             sent.append((event, json.loads(json.dumps(data, allow_nan=False))))
 
-    monkeypatch.setattr(events, "_prompt_server", lambda: FakePromptServer())
+    monkeypatch.setattr(events, "prompt_server", lambda: FakePromptServer())
     for iteration in range(1, 2001):
         events.publish(7, {"kind": "train", "nfe": 4, "iteration": iteration, "iterations": 2000,
                            "loss": torch.tensor(1.0 / iteration), "eta_s": 2000 - iteration})
@@ -132,8 +132,8 @@ def user_folder(dw, tmp_path, monkeypatch):
                               schedule={"kind": "edm", "rho": 7.0}, sigma_min=0.002, sigma_max=80.0,
                               training={"iterations": 500, "teacher": "dpmpp_2m", "teacher_steps": 40,
                                         "validation": {"rmse": 0.0123}, "loss": float("nan")})
-    trained.weights = trained.weights * 1.05
-    trained.time_scale = torch.tensor([1.0, 0.97, 1.02, 1.01, 0.99])
+    trained = dataclasses.replace(trained, weights=trained.weights * 1.05,
+                                  time_scale=torch.tensor([1.0, 0.97, 1.02, 1.01, 0.99]))
     trained.save(folder / "sd15-nfe4.safetensors")
     adams_bashforth(6).save(folder / "sub" / "ab6.safetensors")
     (folder / "broken.safetensors").write_bytes(b"\x80\x04 this is a pickle, not safetensors")

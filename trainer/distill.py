@@ -176,7 +176,7 @@ class _Distillation:
 
     # --- the run -----------------------------------------------------------------------------
     def execute(self, latents, seeds, labels, cache_dir, cache_key, resume) -> DistillResult:
-        teacher_sigmas = self._grid(self.teacher_steps, "the teacher")
+        teacher_sigmas = self._checked_grid(self.teacher_steps, "the teacher")
         key = pairs_key(cache_key, self.teacher, teacher_sigmas, latents, labels)
         self.config = self._config(cache_path(".", key).stem)
         if resume:
@@ -199,7 +199,7 @@ class _Distillation:
 
     def _train(self, nfe: int, train_pairs: PairSet, validation_pairs: PairSet) -> None:
         """Algorithm 1 for one NFE target, from scratch or from its saved run."""
-        sigmas = self._grid(nfe + int(self.afs), f"NFE {nfe}")
+        sigmas = self._checked_grid(nfe + int(self.afs), f"NFE {nfe}")
         template = self._template(nfe, sigmas)
         saved = self.runs.get(nfe)
         if saved is not None and saved.row is not None:
@@ -234,7 +234,7 @@ class _Distillation:
         return save_state(self.state_dir, self.config, self.runs)
 
     # --- pieces ------------------------------------------------------------------------------
-    def _grid(self, steps: int, whose: str) -> torch.Tensor:
+    def _checked_grid(self, steps: int, whose: str) -> torch.Tensor:
         sigmas = torch.as_tensor(self.schedule(steps), dtype=torch.float64).detach().cpu().flatten()
         if sigmas.numel() != steps + 1 or not (sigmas[1:] < sigmas[:-1]).all() or (sigmas < 0).any():
             raise ValueError(f"schedule({steps}) for {whose} must return {steps + 1} decreasing sigmas ≥ 0, "
@@ -289,7 +289,7 @@ class _Distillation:
             "variable_step_init": self.variable_step_init, "iterations": self.settings.iterations,
             "batch_size": self.settings.batch_size, "lr": self.settings.lr, "seed": self.settings.seed,
             "validation_every": self.settings.validation_every, "validation_fraction": self.validation_fraction,
-            "pairs": pairs_id, "sigma_max": float(self._grid(self.teacher_steps, "the teacher")[0]),
+            "pairs": pairs_id, "sigma_max": float(self._checked_grid(self.teacher_steps, "the teacher")[0]),
         }
         return json.loads(json.dumps(config))
 
@@ -305,7 +305,7 @@ class _Distillation:
             run = self.runs.get(nfe)
             if run is None:
                 continue
-            sigmas = self._grid(nfe + int(self.afs), f"NFE {nfe}")
+            sigmas = self._checked_grid(nfe + int(self.afs), f"NFE {nfe}")
             coefficients[nfe] = trained_phi(run, self._template(nfe, sigmas), facts)
             histories[nfe] = history(run)
             notes.extend(run.notes)
