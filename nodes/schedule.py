@@ -9,6 +9,7 @@ from ..host.model_facts import ModelFacts, comfy_sigmas
 
 
 def _schedule_sigmas(phi: Coefficients, facts: ModelFacts, steps: int) -> torch.Tensor:
+    """Φ's schedule at ``steps`` steps: a ComfyUI scheduler on this model, else its own base grid."""
     if phi.schedule["kind"] == "comfy":
         return comfy_sigmas(facts.model_sampling, phi.schedule["scheduler"], steps).float().cpu()
     return base_sigmas(phi, steps).float()

@@ -146,6 +146,7 @@ def _merge_table(table: list, rows: list) -> None:
 
 # --- cleaning ------------------------------------------------------------------------------------
 def _finite_number(value) -> Optional[float]:
+    """A finite int or float from a Python, torch or numpy scalar; ``None`` for anything else."""
     if isinstance(value, bool) or value is None:
         return None
     item = getattr(value, "item", None)  # torch / numpy scalars

@@ -202,6 +202,7 @@ def _tensor(value, source, what: str, ndim: int) -> torch.Tensor:
 
 
 def _scalar(value, default=None):
+    """A stored int or float (tensor and numpy scalars unwrapped), else ``default``."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, np.generic):
@@ -212,6 +213,7 @@ def _scalar(value, default=None):
 
 
 def _string(value) -> Optional[str]:
+    """A stored string, else ``None``."""
     return value if isinstance(value, str) else None
 
 

@@ -235,6 +235,7 @@ class _Distillation:
 
     # --- pieces ------------------------------------------------------------------------------
     def _checked_grid(self, steps: int, whose: str) -> torch.Tensor:
+        """``schedule(steps)``, checked: steps + 1 decreasing sigmas ≥ 0 starting at the teacher's σ_max."""
         sigmas = torch.as_tensor(self.schedule(steps), dtype=torch.float64).detach().cpu().flatten()
         if sigmas.numel() != steps + 1 or not (sigmas[1:] < sigmas[:-1]).all() or (sigmas < 0).any():
             raise ValueError(f"schedule({steps}) for {whose} must return {steps + 1} decreasing sigmas ≥ 0, "

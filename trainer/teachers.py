@@ -30,6 +30,7 @@ def _slope(x, sigma, denoised):
 
 
 def _sigmas_like(sigmas, x):
+    """The grid on ``x``'s device, in ``x``'s dtype or float32 if that is wider."""
     return torch.as_tensor(sigmas).to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
 
 
