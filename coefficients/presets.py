@@ -70,6 +70,7 @@ class PresetRegistry:
         if include_shipped:
             self.folders.append(SHIPPED_DIR)
         self._loaded: dict = {}  # path -> ((mtime_ns, size), Φ or None, CoefficientFileError or None)
+        self._warned: dict = {}  # path -> the (mtime_ns, size) whose error was logged
 
     def files(self) -> list:
         """Every ``.safetensors`` under the folders, user folders first."""
@@ -81,33 +82,33 @@ class PresetRegistry:
 
     def load(self, path) -> Coefficients:
         """The Φ in ``path``, read again only when the file changed; ``CoefficientFileError`` when unreadable."""
-        _, phi, error = self._entry(Path(path))[0]
+        _, phi, error = self._entry(Path(path))
         if error is not None:
             raise error
         return phi
 
     def presets(self) -> list:
-        """Every readable Φ; an unreadable file is logged (once per change) and skipped."""
+        """Every readable Φ; an unreadable file is logged (once per change of the file) and skipped."""
         loaded = []
         for path in self.files():
-            (_, phi, error), fresh = self._entry(path)
+            stamp, phi, error = self._entry(path)
             if phi is not None:
                 loaded.append(Preset(path, phi))
-            elif fresh:
+            elif self._warned.get(path) != stamp:
                 LOG.warning("DyWeight: skipping %s", error)
+                self._warned[path] = stamp
         return loaded
 
-    def _entry(self, path: Path):
-        """``((stamp, Φ or None, error or None), read_now)`` for ``path``, from the cache while unchanged."""
+    def _entry(self, path: Path) -> tuple:
+        """``((mtime_ns, size), Φ or None, CoefficientFileError or None)`` for ``path``, cached while unchanged."""
         try:
             stat = path.stat()
         except OSError as error:
-            missing = CoefficientFileError(path, "missing", f"cannot be read ({error.strerror or error})")
-            return (None, None, missing), True
+            return None, None, CoefficientFileError(path, "missing", f"cannot be read ({error.strerror or error})")
         stamp = (stat.st_mtime_ns, stat.st_size)
         entry = self._loaded.get(path)
         if entry is not None and entry[0] == stamp:
-            return entry, False
+            return entry
         try:
             entry = (stamp, load_coefficients(path), None)
         except CoefficientFileError as error:
@@ -116,8 +117,9 @@ class PresetRegistry:
             entry = (stamp, None, CoefficientFileError(path, "invalid", f"cannot be read ({error})"))
         if len(self._loaded) >= self.MAX_CACHED:
             self._loaded.clear()
+            self._warned.clear()
         self._loaded[path] = entry
-        return entry, True
+        return entry
 
     def available_nfe(self) -> list:
         """The NFE values some Φ exists for (the KSampler (DyWeight) dropdown)."""
