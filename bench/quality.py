@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     solvers, source = comfy_solvers(not arguments.no_host)
     settings = dataclasses.replace(pipeline.FULL, nfe=tuple(arguments.nfe))
     cache_dir = (arguments.cache_dir or pipeline.default_cache_dir()) / "demo"
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     train = pipeline.teacher_set(model, settings, cache_dir, "train")
     test = pipeline.teacher_set(model, settings, cache_dir, "test")
     result = pipeline.distil(model, settings, cache_dir)

@@ -56,7 +56,7 @@ def child_demo_teacher(spec: dict) -> dict:
     from comfyui_dyweight.demo import pipeline
 
     torch.set_num_threads(1)
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     settings = dataclasses.replace(pipeline.FULL, pairs=spec["pairs"])
     setup = peak_mib()
     start = time.perf_counter()
@@ -71,7 +71,7 @@ def child_demo_train(spec: dict) -> dict:
     from comfyui_dyweight.demo import pipeline
 
     torch.set_num_threads(1)
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     settings = dataclasses.replace(pipeline.FULL, pairs=spec["pairs"], nfe=(spec["nfe"],),
                                    iterations=spec["iterations"], checkpointing=spec["checkpointing"])
     setup = peak_mib()

@@ -58,7 +58,7 @@ class Preset:
 class PresetRegistry:
     """Φ files in ``folders`` (user folders first) plus the shipped presets.
 
-    Every file is read through :meth:`load`, which keeps each file's Φ (or its error) until the file's
+    Every file is read through :meth:`read`, which keeps each file's Φ (or its error) until the file's
     modification time or size changes, so a rewritten file is read again and a corrupt one is not
     re-parsed on every lookup.
     """
@@ -80,7 +80,7 @@ class PresetRegistry:
                 found.extend(sorted(folder.rglob("*.safetensors")))
         return found
 
-    def load(self, path) -> Coefficients:
+    def read(self, path) -> Coefficients:
         """The Φ in ``path``, read again only when the file changed; ``CoefficientFileError`` when unreadable."""
         _, phi, error = self._entry(Path(path))
         if error is not None:

@@ -54,7 +54,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_from(arguments) -> pipeline.Settings:
+def settings_from(arguments) -> pipeline.DemoSettings:
     settings = pipeline.QUICK if arguments.quick else pipeline.FULL
     changes = {name: value for name, value in (("nfe", tuple(arguments.nfe) if arguments.nfe else None),
                                                ("iterations", arguments.iterations), ("pairs", arguments.pairs),
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     timings: dict = {}
 
     clock = time.monotonic()
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     timings["load_s"] = time.monotonic() - clock
     teacher_nfe = 2 * settings.teacher_steps  # Heun on a grid that ends at σ_min: two calls per step
     print(f"DyWeight demo{' (--quick)' if arguments.quick else ''}: digits EDM model "

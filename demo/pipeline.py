@@ -48,7 +48,7 @@ BAR_NFE = (3, 4, 5)
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class DemoSettings:
     """What the demo distils and how (defaults: the full run, ≈ 2–3 minutes on 2 CPU cores)."""
 
     nfe: tuple = (3, 4, 5, 6)
@@ -73,9 +73,9 @@ class Settings:
 
 
 #: The full demo (the README's command).
-FULL = Settings()
+FULL = DemoSettings()
 #: A smoke-sized run for the test suite: same code path, seconds instead of minutes.
-QUICK = Settings(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
+QUICK = DemoSettings(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
                  teacher_steps=8, grid_seeds=6)
 #: Seeds of the two noise sets (independent generators).
 TRAIN_NOISE_SEED, TEST_NOISE_SEED = 1, 2
@@ -130,13 +130,13 @@ class DemoModel:
         generator = torch.Generator().manual_seed(seed)
         return self.sigma_max * torch.randn((count, *self.image_shape), generator=generator)
 
-    def cache_key(self, settings: Settings, split: str) -> dict:
+    def cache_key(self, settings: DemoSettings, split: str) -> dict:
         """What the teacher pairs depend on besides the teacher, its grid and the noise (the trainer adds those)."""
         return {"demo": "digits-edm", "weights_sha256": self.weights_sha256, "split": split,
                 "image_shape": list(self.image_shape), "rho": settings.rho, "dtype": "float32"}
 
 
-def load_model(path=None) -> DemoModel:
+def demo_model(path=None) -> DemoModel:
     """The embedded demo model (``demo/digits_edm.safetensors``) in eval mode, or the weights at ``path``."""
     from .model import DEFAULT_WEIGHTS, load_demo_model
 
@@ -156,14 +156,14 @@ class CallCounter:
 
 
 # --- the three phases ----------------------------------------------------------------------------
-def noise_for(model: DemoModel, settings: Settings, split: str) -> torch.Tensor:
+def noise_for(model: DemoModel, settings: DemoSettings, split: str) -> torch.Tensor:
     """The seeded noise of the ``train`` or ``test`` split."""
     if split == "train":
         return model.noise(settings.pairs, TRAIN_NOISE_SEED)
     return model.noise(settings.test_pairs, TEST_NOISE_SEED)
 
 
-def teacher_set(model: DemoModel, settings: Settings, cache_dir: Path, split: str):
+def teacher_set(model: DemoModel, settings: DemoSettings, cache_dir: Path, split: str):
     """The teacher's images from the split's noise, from the cache or generated (and then cached).
 
     Returns a :class:`~comfyui_dyweight.trainer.pairs.TeacherRun` (``pairs``, ``cache_hit``, ``seconds``).
@@ -179,7 +179,7 @@ def teacher_set(model: DemoModel, settings: Settings, cache_dir: Path, split: st
                              settings.sampling_batch_size, key, cache_path(cache_dir, key), Reporter())
 
 
-def distil(model: DemoModel, settings: Settings, cache_dir: Path, progress=None):
+def distil(model: DemoModel, settings: DemoSettings, cache_dir: Path, progress=None):
     """One Φ per NFE from the training split: a :class:`~comfyui_dyweight.trainer.DistillResult`."""
     return distill(
         model.denoise, noise_for(model, settings, "train"), model.schedule(settings.rho),
@@ -195,7 +195,7 @@ def distil(model: DemoModel, settings: Settings, cache_dir: Path, progress=None)
         })
 
 
-def solvers_for(nfe: int, phi: Coefficients, model: DemoModel, settings: Settings) -> dict:
+def solvers_for(nfe: int, phi: Coefficients, model: DemoModel, settings: DemoSettings) -> dict:
     """name → ``solve(denoise, x) -> x0`` at ``nfe`` model calls: the hand-made ones, the untrained
     initialisation of Φ and the distilled Φ."""
     schedule = model.schedule(settings.rho)
@@ -214,7 +214,7 @@ def psnr(rmse: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: DemoModel, coefficients: dict, test, settings: Settings, batch_size: int = 256,
+def evaluate(model: DemoModel, coefficients: dict, test, settings: DemoSettings, batch_size: int = 256,
              progress: bool = True) -> tuple:
     """Test RMSE/PSNR per NFE and solver, and the first ``grid_seeds`` images of each.
 
@@ -296,7 +296,7 @@ def model_facts(model: DemoModel) -> dict:
             "parameters": sum(p.numel() for p in model.module.parameters())}
 
 
-def nfe_check(rows: list, settings: Settings) -> list:
+def nfe_check(rows: list, settings: DemoSettings) -> list:
     """Notes for any solver whose counted model calls differ from the row's NFE (should be none)."""
     return [f"NFE {row['nfe']}: {name} made {figure['calls']} model calls"
             for row in rows for name, figure in row["solvers"].items() if figure["calls"] != row["nfe"]]

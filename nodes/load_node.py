@@ -33,7 +33,7 @@ class DyWeightLoadCoefficients:
     def load(self, coefficients):
         path = resolve_coefficient_name(coefficients)
         try:
-            phi = preset_registry().load(path)
+            phi = preset_registry().read(path)
         except CoefficientFileError as error:
             raise ValueError(str(error)) from None
         return {"ui": {"text": [phi.summary()], PHI_OUTPUT: [phi_to_json(phi, coefficients)]}, "result": (phi,)}

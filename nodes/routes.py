@@ -72,7 +72,7 @@ def _trained(phi: Coefficients) -> bool:
 def describe(name: str) -> dict:
     """One entry of the listing: the facts of a file, or its error."""
     try:
-        phi = folders.preset_registry().load(folders.resolve_coefficient_name(name))
+        phi = folders.preset_registry().read(folders.resolve_coefficient_name(name))
     except (ValueError, CoefficientFileError) as error:  # CoefficientFileError is a ValueError too
         return {"name": name, "error": str(error), "reason": getattr(error, "reason", "missing")}
     return {
@@ -125,7 +125,7 @@ async def get_coefficients(request):
     except ValueError as error:
         return _error(404, str(error), name=name)
     try:
-        phi = folders.preset_registry().load(path)
+        phi = folders.preset_registry().read(path)
     except CoefficientFileError as error:
         return _error(422, str(error), name=name, reason=error.reason)
     return _json(phi_to_json(phi, name))

@@ -77,8 +77,8 @@ def test_load_reads_a_file_once_until_it_changes(tmp_path, monkeypatch, caplog):
     reads = []
     monkeypatch.setattr(presets, "load_coefficients", lambda p: reads.append(p.name) or Coefficients.load(p))
 
-    assert registry.load(path).time_scale.tolist() == pytest.approx([0.9] * 5)
-    assert registry.find("SD15", "eps", 5).coefficients is registry.load(path)  # one cache for both
+    assert registry.read(path).time_scale.tolist() == pytest.approx([0.9] * 5)
+    assert registry.find("SD15", "eps", 5).coefficients is registry.read(path)  # one cache for both
     assert reads == ["mine-nfe5.safetensors"]
 
     trained(5, "SD15", "eps", 0.7).save(path)  # same size: only the modification time tells
@@ -88,7 +88,7 @@ def test_load_reads_a_file_once_until_it_changes(tmp_path, monkeypatch, caplog):
 
     path.write_bytes(b"\x80\x04 a pickle, not safetensors")
     with pytest.raises(CoefficientFileError) as error:
-        registry.load(path)
+        registry.read(path)
     with pytest.raises(CoefficientFileError) as loader_error:
         Coefficients.load(path)
     assert (error.value.reason, str(error.value)) == (loader_error.value.reason, str(loader_error.value))

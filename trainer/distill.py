@@ -191,7 +191,7 @@ class _Distillation:
             for nfe in self.targets:
                 self._train(nfe, pairs.subset(train_index), pairs.subset(self.validation_index))
         except (KeyboardInterrupt, TrainingInterrupted):
-            path = self._save() if self.state_dir is not None else None
+            path = self._save_state() if self.state_dir is not None else None
             where = f"state saved to {path}; resume=True continues" if path else "no state_dir: nothing saved"
             raise TrainingInterrupted(f"training interrupted ({where})", result=self._result(path),
                                       state_path=path) from None
@@ -228,9 +228,9 @@ class _Distillation:
     def _commit(self, run: NfeRun, save: bool) -> None:
         self.runs[run.nfe] = run
         if save and self.state_dir is not None:
-            self._save()
+            self._save_state()
 
-    def _save(self) -> Path:
+    def _save_state(self) -> Path:
         return save_state(self.state_dir, self.config, self.runs)
 
     # --- pieces ------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def train(run: NfeRun, template: Coefficients, sigmas: torch.Tensor, denoise: Ca
         run.iteration = iteration + 1
         validated = run.iteration % settings.validation_every == 0 or run.iteration == settings.iterations
         if validated:
-            _validate(run, student, sigmas, denoise, validation_pairs, settings)
+            _validate_and_keep_best(run, student, sigmas, denoise, validation_pairs, settings)
         run.seconds += time.monotonic() - clock
         clock = time.monotonic()
         commit(run.snapshot(), validated)
@@ -238,7 +238,7 @@ def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigma
     return loss
 
 
-def _validate(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, settings: Settings) -> None:
+def _validate_and_keep_best(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, settings: Settings) -> None:
     """Held-out RMSE of the current Φ; keep it as the best when it beats every earlier one."""
     try:
         phi = student.phi().detached()
