@@ -23,7 +23,6 @@ another number of calls than the NFE has it shown next to its figure. Writes ``q
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -129,7 +128,7 @@ def main(argv=None) -> int:
     solvers, source = comfy_solvers(not arguments.no_host)
     settings = pipeline.FULL.replace(nfe=arguments.nfe)
     cache_dir = (arguments.cache_dir or pipeline.default_cache_dir()) / "demo"
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     train = pipeline.teacher_set(model, settings, cache_dir, "train")
     test = pipeline.teacher_set(model, settings, cache_dir, "test")
     result = pipeline.distil(model, settings, cache_dir)

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     solvers = contenders(model, not arguments.no_host)
     rows, arithmetic = [], []
     for batch in arguments.batch:

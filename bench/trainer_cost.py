@@ -27,7 +27,6 @@ Writes ``trainer_cost.md``, ``trainer_cost.json`` and ``trainer_cost.png`` (need
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -56,7 +55,7 @@ def child_demo_teacher(spec: dict) -> dict:
     from comfyui_dyweight.demo import pipeline
 
     torch.set_num_threads(1)
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     settings = pipeline.FULL.replace(pairs=spec["pairs"])
     setup = peak_mib()
     start = time.perf_counter()
@@ -71,7 +70,7 @@ def child_demo_train(spec: dict) -> dict:
     from comfyui_dyweight.demo import pipeline
 
     torch.set_num_threads(1)
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     settings = pipeline.FULL.replace(pairs=spec["pairs"], nfe=(spec["nfe"],), iterations=spec["iterations"],
                                      checkpointing=spec["checkpointing"])
     setup = peak_mib()

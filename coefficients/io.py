@@ -1,4 +1,4 @@
-"""The coefficient file (DESIGN §4): one ``.safetensors`` per Φ, strictly validated, written atomically.
+"""The coefficient file (format ``dyweight/1``): one ``.safetensors`` per Φ, strictly validated, written atomically.
 
 Tensors: ``weights`` [N, K], ``time_scale`` [N], optional ``sigmas`` [N+1] (float32). Metadata: one JSON
 document under the key ``dyweight``. Files are parsed with safetensors only; nothing is ever unpickled.

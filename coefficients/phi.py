@@ -23,7 +23,7 @@ SCHEDULE_KINDS = ("comfy", "explicit", "edm", "flux")
 
 
 def validate_schedule(schedule: Any) -> dict:
-    """Check a schedule record (DESIGN §4) and return it as a plain dict."""
+    """Check a schedule record (the file's ``schedule``, see :mod:`.io`) and return it as a plain dict."""
     if not isinstance(schedule, dict) or schedule.get("kind") not in SCHEDULE_KINDS:
         raise CoefficientError(
             f"schedule must be a dict whose 'kind' is one of {SCHEDULE_KINDS}, got {schedule!r}")
@@ -140,7 +140,7 @@ class Coefficients:
 
     # --- conversions -------------------------------------------------------------------------
     def metadata(self) -> dict:
-        """The JSON document stored in the file's metadata (DESIGN §4)."""
+        """The JSON document stored in the file's metadata (format ``dyweight/1``, see :mod:`.io`)."""
         return {
             "format": FORMAT, "nfe": self.nfe, "order": self.order, "afs": bool(self.afs),
             "divisor": self.divisor, "schedule": self.schedule, "prediction": self.prediction,

@@ -56,13 +56,21 @@ class Preset:
 
 
 class PresetRegistry:
-    """Φ files in ``folders`` (user folders first) plus the shipped presets, cached by modification time."""
+    """Φ files in ``folders`` (user folders first) plus the shipped presets.
+
+    Every file is read through :meth:`read`, which keeps each file's Φ (or its error) until the file's
+    modification time or size changes, so a rewritten file is read again and a corrupt one is not
+    re-parsed on every lookup.
+    """
+
+    MAX_CACHED = 512
 
     def __init__(self, folders: Iterable = (), include_shipped: bool = True):
         self.folders = [Path(folder) for folder in folders]
         if include_shipped:
             self.folders.append(SHIPPED_DIR)
-        self._cache: dict = {}
+        self._loaded: dict = {}  # path -> ((mtime_ns, size), Φ or None, CoefficientFileError or None)
+        self._warned: dict = {}  # path -> the (mtime_ns, size) whose error was logged
 
     def files(self) -> list:
         """Every ``.safetensors`` under the folders, user folders first."""
@@ -72,22 +80,46 @@ class PresetRegistry:
                 found.extend(sorted(folder.rglob("*.safetensors")))
         return found
 
+    def read(self, path) -> Coefficients:
+        """The Φ in ``path``, read again only when the file changed; ``CoefficientFileError`` when unreadable."""
+        _, phi, error = self._entry(Path(path))
+        if error is not None:
+            raise error
+        return phi
+
     def presets(self) -> list:
-        """Every readable Φ; unreadable files are logged and skipped."""
+        """Every readable Φ; an unreadable file is logged (once per change of the file) and skipped."""
         loaded = []
         for path in self.files():
-            stamp = path.stat().st_mtime_ns
-            cached = self._cache.get(path)
-            if cached is None or cached[0] != stamp:
-                try:
-                    cached = (stamp, load_coefficients(path))
-                except CoefficientFileError as error:
-                    LOG.warning("DyWeight: skipping %s", error)
-                    cached = (stamp, None)
-                self._cache[path] = cached
-            if cached[1] is not None:
-                loaded.append(Preset(path, cached[1]))
+            stamp, phi, error = self._entry(path)
+            if phi is not None:
+                loaded.append(Preset(path, phi))
+            elif self._warned.get(path) != stamp:
+                LOG.warning("DyWeight: skipping %s", error)
+                self._warned[path] = stamp
         return loaded
+
+    def _entry(self, path: Path) -> tuple:
+        """``((mtime_ns, size), Φ or None, CoefficientFileError or None)`` for ``path``, cached while unchanged."""
+        try:
+            stat = path.stat()
+        except OSError as error:
+            return None, None, CoefficientFileError(path, "missing", f"cannot be read ({error.strerror or error})")
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        entry = self._loaded.get(path)
+        if entry is not None and entry[0] == stamp:
+            return entry
+        try:
+            entry = (stamp, load_coefficients(path), None)
+        except CoefficientFileError as error:
+            entry = (stamp, None, error)
+        except OSError as error:
+            entry = (stamp, None, CoefficientFileError(path, "invalid", f"cannot be read ({error})"))
+        if len(self._loaded) >= self.MAX_CACHED:
+            self._loaded.clear()
+            self._warned.clear()
+        self._loaded[path] = entry
+        return entry
 
     def available_nfe(self) -> list:
         """The NFE values some Φ exists for (the KSampler (DyWeight) dropdown)."""

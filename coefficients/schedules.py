@@ -39,15 +39,6 @@ def flux_sigmas(steps: int, mu: float, dtype=torch.float64) -> torch.Tensor:
     return sigmas.to(dtype)
 
 
-def explicit_sigmas(values, dtype=torch.float64) -> torch.Tensor:
-    """A hand-given grid, checked to be finite, ≥ 0 and strictly decreasing."""
-    sigmas = torch.as_tensor(values, dtype=dtype).flatten()
-    if sigmas.numel() < 2 or not torch.isfinite(sigmas).all() or (sigmas < 0).any() \
-            or not (sigmas[1:] < sigmas[:-1]).all():
-        raise CoefficientError("explicit sigmas must be ≥ 2 finite values ≥ 0, strictly decreasing")
-    return sigmas
-
-
 def base_sigmas(phi: Coefficients, steps: Optional[int] = None, dtype=torch.float64) -> torch.Tensor:
     """The base sigmas of a Φ's own schedule for ``steps`` steps (default N), for schedules needing no model.
 

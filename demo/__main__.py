@@ -22,7 +22,6 @@ import time
 STARTED = time.monotonic()  # before torch is imported: the wall time includes the imports
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -54,7 +53,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_from(arguments) -> pipeline.Settings:
+def settings_from(arguments) -> pipeline.DemoSettings:
     settings = pipeline.QUICK if arguments.quick else pipeline.FULL
     return settings.replace(nfe=arguments.nfe, iterations=arguments.iterations, pairs=arguments.pairs,
                             test_pairs=arguments.test_pairs, seed=arguments.seed)
@@ -76,7 +75,7 @@ def main(argv=None) -> int:
     timings: dict = {}
 
     clock = time.monotonic()
-    model = pipeline.load_model()
+    model = pipeline.demo_model()
     timings["load_s"] = time.monotonic() - clock
     config = settings.distill
     teacher_nfe = 2 * config.teacher_steps  # Heun on a grid that ends at σ_min: two calls per step

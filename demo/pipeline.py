@@ -46,7 +46,7 @@ BAR_NFE = (3, 4, 5)
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class DemoSettings:
     """What the demo distils and how (defaults: the full run, ≈ 2–3 minutes on 2 CPU cores).
 
     ``distill`` is the trainer's settings, with the paper's pixel-space choices: Heun at 64 steps
@@ -66,14 +66,14 @@ class Settings:
                 **{field.name: getattr(self, field.name) for field in dataclasses.fields(self)
                    if field.name != "distill"}}
 
-    def replace(self, test_pairs=None, **distill) -> "Settings":
+    def replace(self, test_pairs=None, **distill) -> "DemoSettings":
         """A copy with other :class:`DistillConfig` settings or test pairs (``None``: unchanged)."""
         return dataclasses.replace(self, distill=self.distill.with_given(**distill),
                                    test_pairs=self.test_pairs if test_pairs is None else test_pairs)
 
 
 #: The full demo (the README's command).
-FULL = Settings()
+FULL = DemoSettings()
 #: A smoke-sized run for the test suite: same code path, seconds instead of minutes.
 QUICK = FULL.replace(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
                      teacher_steps=8)
@@ -130,7 +130,7 @@ class DemoModel:
         generator = torch.Generator().manual_seed(seed)
         return self.sigma_max * torch.randn((count, *self.image_shape), generator=generator)
 
-    def source(self, settings: Settings, split: str) -> ModelSource:
+    def source(self, settings: DemoSettings, split: str) -> ModelSource:
         """The model as the trainer sees it, with the seeded noise of the ``train`` or ``test`` split."""
         count, seed = (settings.distill.pairs, TRAIN_NOISE_SEED) if split == "train" else (settings.test_pairs,
                                                                                           TEST_NOISE_SEED)
@@ -144,7 +144,7 @@ class DemoModel:
                                      "base_model_hash": self.weights_sha256[:16]}})
 
 
-def load_model(path=None) -> DemoModel:
+def demo_model(path=None) -> DemoModel:
     """The embedded demo model (``demo/digits_edm.safetensors``) in eval mode, or the weights at ``path``."""
     from .model import DEFAULT_WEIGHTS, load_demo_model
 
@@ -164,7 +164,7 @@ class CallCounter:
 
 
 # --- the three phases ----------------------------------------------------------------------------
-def teacher_set(model: DemoModel, settings: Settings, cache_dir: Path, split: str):
+def teacher_set(model: DemoModel, settings: DemoSettings, cache_dir: Path, split: str):
     """The teacher's images from the split's noise, from the cache or generated (and then cached).
 
     Returns a :class:`~comfyui_dyweight.trainer.pairs.TeacherRun` (``pairs``, ``cache_hit``, ``seconds``).
@@ -175,12 +175,12 @@ def teacher_set(model: DemoModel, settings: Settings, cache_dir: Path, split: st
         return teacher_pairs_for(model.source(settings, split), config, cache_dir=cache_dir)
 
 
-def distil(model: DemoModel, settings: Settings, cache_dir: Path, progress=None):
+def distil(model: DemoModel, settings: DemoSettings, cache_dir: Path, progress=None):
     """One Φ per NFE from the training split: a :class:`~comfyui_dyweight.trainer.DistillResult`."""
     return distill(model.source(settings, "train"), settings.distill, cache_dir=cache_dir, progress=progress)
 
 
-def solvers_for(nfe: int, phi: Coefficients, model: DemoModel, settings: Settings) -> dict:
+def solvers_for(nfe: int, phi: Coefficients, model: DemoModel, settings: DemoSettings) -> dict:
     """name → ``solve(denoise, x) -> x0`` at ``nfe`` model calls: the hand-made ones, the untrained
     initialisation of Φ and the distilled Φ."""
     schedule, config = model.schedule(settings.rho), settings.distill
@@ -199,7 +199,7 @@ def psnr(rmse: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: DemoModel, coefficients: dict, test, settings: Settings, batch_size: int = 256,
+def evaluate(model: DemoModel, coefficients: dict, test, settings: DemoSettings, batch_size: int = 256,
              progress: bool = True) -> tuple:
     """Test RMSE/PSNR per NFE and solver, and the first ``grid_seeds`` images of each.
 
@@ -281,7 +281,7 @@ def model_facts(model: DemoModel) -> dict:
             "parameters": sum(p.numel() for p in model.module.parameters())}
 
 
-def nfe_check(rows: list, settings: Settings) -> list:
+def nfe_check(rows: list, settings: DemoSettings) -> list:
     """Notes for any solver whose counted model calls differ from the row's NFE (should be none)."""
     return [f"NFE {row['nfe']}: {name} made {figure['calls']} model calls"
             for row in rows for name, figure in row["solvers"].items() if figure["calls"] != row["nfe"]]

@@ -14,8 +14,8 @@ import folder_paths
 
 from ..coefficients import PresetRegistry
 from ..coefficients.presets import SHIPPED_DIR
+from .constants import FOLDER_NAME
 
-FOLDER_NAME = "dyweight"
 EXTENSIONS = {".safetensors"}
 SHIPPED_PREFIX = "shipped/"
 
@@ -56,12 +56,13 @@ def resolve_coefficient_name(name: str) -> Path:
     return Path(full)
 
 
-_registries: dict = {}
+_registry: dict = {"folders": None, "registry": None}
 
 
 def preset_registry() -> PresetRegistry:
-    """The registry over the user's folders and the shipped presets (kept, so its file cache lives on)."""
-    folders = tuple(user_folders())
-    if folders not in _registries:
-        _registries[folders] = PresetRegistry(folders)
-    return _registries[folders]
+    """The one registry over the user's folders and the shipped presets: every load of a coefficient file
+    (presets, the Load node, the routes) goes through its cache. A new one when the folders change."""
+    user = tuple(user_folders())
+    if _registry["registry"] is None or _registry["folders"] != user:
+        _registry.update(folders=user, registry=PresetRegistry(user))
+    return _registry["registry"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..coefficients import Coefficients, CoefficientFileError
-from .folders import coefficient_names, resolve_coefficient_name
+from ..coefficients import CoefficientFileError
+from .constants import CATEGORY, COEFFICIENTS, PHI_OUTPUT
+from .folders import coefficient_names, preset_registry, resolve_coefficient_name
 from .phi_json import phi_to_json
-from .sampling_nodes import CATEGORY, COEFFICIENTS
 
 
 class DyWeightLoadCoefficients:
@@ -33,7 +33,7 @@ class DyWeightLoadCoefficients:
     def load(self, coefficients):
         path = resolve_coefficient_name(coefficients)
         try:
-            phi = Coefficients.load(path)
+            phi = preset_registry().read(path)
         except CoefficientFileError as error:
             raise ValueError(str(error)) from None
-        return {"ui": {"text": [phi.summary()], "dyweight_phi": [phi_to_json(phi, coefficients)]}, "result": (phi,)}
+        return {"ui": {"text": [phi.summary()], PHI_OUTPUT: [phi_to_json(phi, coefficients)]}, "result": (phi,)}

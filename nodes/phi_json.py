@@ -28,7 +28,7 @@ def phi_to_json(phi: Coefficients, name: Optional[str] = None) -> dict:
     """
     weights = phi.weights.detach().to("cpu").double()
     time_scale = phi.time_scale.detach().to("cpu").double()
-    sigmas = None if phi.sigmas is None else _floats(phi.sigmas.detach().to("cpu").double().tolist())
+    sigmas = None if phi.sigmas is None else phi.sigmas.detach().to("cpu").double().tolist()
     reference = reference_weights(phi)
     return _clean({
         "schema": SCHEMA,
@@ -46,10 +46,10 @@ def phi_to_json(phi: Coefficients, name: Optional[str] = None) -> dict:
         "cfg": phi.cfg,
         "training": phi.training,
         "summary": phi.summary(),
-        "weights": [_floats(row) for row in weights.tolist()],
-        "time_scale": _floats(time_scale.tolist()),
+        "weights": weights.tolist(),
+        "time_scale": time_scale.tolist(),
         "sigmas": sigmas,
-        "weight_sums": _floats(weights.sum(dim=1).tolist()),
+        "weight_sums": weights.sum(dim=1).tolist(),
         "reference_weights": reference,
         "reference_label": f"Adams–Bashforth (iPNDM, order {min(phi.order, MAX_ORDER)})",
     })
@@ -64,7 +64,7 @@ def reference_weights(phi: Coefficients) -> list:
     order = min(phi.order, MAX_ORDER)
     ab = adams_bashforth(phi.nfe, order, afs=bool(phi.afs), final_denoise=_ends_at_zero(phi))
     rows = ab.weights.double().tolist()
-    return [_floats(row + [0.0] * (phi.order - order)) for row in rows]
+    return _clean([row + [0.0] * (phi.order - order) for row in rows])
 
 
 def _ends_at_zero(phi: Coefficients) -> bool:
@@ -74,15 +74,6 @@ def _ends_at_zero(phi: Coefficients) -> bool:
     if kind == "edm":
         return bool(phi.schedule.get("to_zero", False))
     return kind in ("comfy", "flux")
-
-
-def _floats(values) -> list:
-    return [_number(value) for value in values]
-
-
-def _number(value) -> Optional[float]:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _clean(value: Any) -> Any:

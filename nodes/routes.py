@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import re
-import sys
 from pathlib import Path
 
 from ..coefficients import Coefficients, CoefficientFileError
 from ..coefficients.phi import PREDICTIONS
 from . import folders
+from .constants import LOG
 from .phi_json import phi_to_json, to_strict_json
-from .training_events import training_state
+from .training_events import prompt_server, training_state
 
-LOG = logging.getLogger("comfyui_dyweight")
 PREFIX = "/dyweight"
 MAX_NFE = 1000
 _FAMILY = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
@@ -67,33 +65,6 @@ def _json_errors(handler):
     return wrapped
 
 
-# --- loading, with a small cache keyed by (mtime, size) -----------------------------------------------
-_cache: dict = {}
-
-
-def _load(path: Path) -> Coefficients:
-    """Load a coefficient file (cached while it is unchanged); ``CoefficientFileError`` when unreadable."""
-    try:
-        stat = path.stat()
-    except OSError as error:
-        raise CoefficientFileError(path, "missing", f"cannot be read ({error.strerror or error})") from None
-    stamp = (stat.st_mtime_ns, stat.st_size)
-    cached = _cache.get(path)
-    if cached is None or cached[0] != stamp:
-        try:
-            cached = (stamp, Coefficients.load(path), None)
-        except CoefficientFileError as error:
-            cached = (stamp, None, error)
-        except OSError as error:
-            cached = (stamp, None, CoefficientFileError(path, "invalid", f"cannot be read ({error})"))
-        if len(_cache) > 512:
-            _cache.clear()
-        _cache[path] = cached
-    if cached[2] is not None:
-        raise cached[2]
-    return cached[1]
-
-
 def _trained(phi: Coefficients) -> bool:
     return bool(phi.training.get("iterations"))
 
@@ -101,7 +72,7 @@ def _trained(phi: Coefficients) -> bool:
 def describe(name: str) -> dict:
     """One entry of the listing: the facts of a file, or its error."""
     try:
-        phi = _load(folders.resolve_coefficient_name(name))
+        phi = folders.preset_registry().read(folders.resolve_coefficient_name(name))
     except (ValueError, CoefficientFileError) as error:  # CoefficientFileError is a ValueError too
         return {"name": name, "error": str(error), "reason": getattr(error, "reason", "missing")}
     return {
@@ -154,21 +125,10 @@ async def get_coefficients(request):
     except ValueError as error:
         return _error(404, str(error), name=name)
     try:
-        phi = _load(path)
+        phi = folders.preset_registry().read(path)
     except CoefficientFileError as error:
         return _error(422, str(error), name=name, reason=error.reason)
     return _json(phi_to_json(phi, name))
-
-
-_registry = {"folders": None, "registry": None}
-
-
-def _preset_registry():
-    """``folders.preset_registry()``, kept while the user folders are the same (it caches loaded files)."""
-    user = tuple(str(folder) for folder in folders.user_folders())
-    if _registry["folders"] != user:
-        _registry.update(folders=user, registry=folders.preset_registry())
-    return _registry["registry"]
 
 
 @_json_errors
@@ -186,7 +146,7 @@ async def get_preset(request):
     family = query.get("family") or None
     if family is not None and not _FAMILY.match(family):
         return _error(400, f"family must be a model config name such as SD15, got {family!r}")
-    preset = _preset_registry().find(family, prediction, nfe)
+    preset = folders.preset_registry().find(family, prediction, nfe)
     result = phi_to_json(preset.coefficients, preset_name(preset.path))
     result["preset"] = {"label": preset.label if preset.path is None else preset_name(preset.path),
                         "source": "builtin" if preset.path is None else "file",
@@ -237,9 +197,7 @@ def make_app():
 
 def register_routes() -> bool:
     """Add the routes to the running ComfyUI server (idempotent); ``False`` when there is no server."""
-    server_module = sys.modules.get("server")  # ComfyUI's server.py (main.py imports it); never import it here
-    prompt_server = getattr(getattr(server_module, "PromptServer", None), "instance", None)
-    routes = getattr(prompt_server, "routes", None)
+    routes = getattr(prompt_server(), "routes", None)
     if routes is None:
         return False
     taken = {(getattr(route, "method", None), getattr(route, "path", None)) for route in routes}

@@ -8,7 +8,6 @@ coefficients=None)``; ``model(x, sigma * s_in, **extra_args)`` returns the CFG-g
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import torch
 from tqdm.auto import tqdm
@@ -17,11 +16,9 @@ import comfy.k_diffusion.sampling
 import comfy.samplers
 
 from ..coefficients import Coefficients, dyweight_sample
-from .folders import preset_registry
 from ..host.model_facts import bind_to_model, facts_from_sampler_model
-
-LOG = logging.getLogger("comfyui_dyweight")
-SAMPLER_NAME = "dyweight"
+from .constants import LOG, SAMPLER_NAME
+from .folders import preset_registry
 
 
 def preset_for_steps(facts, steps: int) -> Coefficients:

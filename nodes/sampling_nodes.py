@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
 
 from ..coefficients import Coefficients
-from .folders import preset_registry
 from ..host.model_facts import bind_to_model, facts_from_patcher
+from .constants import CATEGORY, COEFFICIENTS, LOG, PHI_OUTPUT
+from .folders import preset_registry
 from .phi_json import phi_to_json
 from .sampler import sample_dyweight
 from .schedule import phi_sigmas
 
-LOG = logging.getLogger("comfyui_dyweight")
-CATEGORY = "sampling/dyweight"
-COEFFICIENTS = "DYWEIGHT_COEFFICIENTS"
 COEFFICIENTS_TOOLTIP = ("Optional DyWeight coefficients (Φ) from Load DyWeight Coefficients or the trainer; "
                         "when connected they replace the preset and their NFE replaces `steps`.")
 
@@ -107,7 +103,7 @@ class KSamplerDyWeight:
         facts, phi = coefficients_for(model, steps, coefficients)
         sigmas = phi_sigmas(phi, facts, denoise)
         latent = sample_custom(model, seed, cfg, positive, negative, latent_image, dyweight_sampler_object(phi), sigmas)
-        return {"ui": {"dyweight_phi": [phi_to_json(phi)]}, "result": (latent,)}
+        return {"ui": {PHI_OUTPUT: [phi_to_json(phi)]}, "result": (latent,)}
 
 
 class DyWeightSampler:

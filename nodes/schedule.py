@@ -8,7 +8,8 @@ from ..coefficients import Coefficients, base_sigmas
 from ..host.model_facts import ModelFacts, comfy_sigmas
 
 
-def _grid(phi: Coefficients, facts: ModelFacts, steps: int) -> torch.Tensor:
+def _schedule_sigmas(phi: Coefficients, facts: ModelFacts, steps: int) -> torch.Tensor:
+    """Φ's schedule at ``steps`` steps: a ComfyUI scheduler on this model, else its own base grid."""
     if phi.schedule["kind"] == "comfy":
         return comfy_sigmas(facts.model_sampling, phi.schedule["scheduler"], steps).float().cpu()
     return base_sigmas(phi, steps).float()
@@ -25,9 +26,9 @@ def phi_sigmas(phi: Coefficients, facts: ModelFacts, denoise: float = 1.0) -> to
     if not 0.0 < denoise <= 1.0:
         raise ValueError(f"denoise must be in (0, 1], got {denoise}")
     if denoise >= 0.9999:
-        return _grid(phi, facts, phi.steps)
+        return _schedule_sigmas(phi, facts, phi.steps)
     if phi.schedule["kind"] == "explicit":
         raise ValueError("this Φ was trained on a fixed sigma grid and cannot run with denoise < 1; "
                          "use denoise 1.0 or a Φ with a ComfyUI schedule")
     total = max(phi.steps, int(phi.steps / denoise))
-    return _grid(phi, facts, total)[-(phi.steps + 1):]
+    return _schedule_sigmas(phi, facts, total)[-(phi.steps + 1):]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -14,17 +13,15 @@ import folder_paths
 from ..host.training_target import COMFY_DEFAULTS, ComfyTarget, distill_for_comfy, encode_prompt, latent_shape
 from ..trainer.progress import TrainingInterrupted
 from ..trainer.report import validation_markdown
-from .folders import FOLDER_NAME
+from .constants import COEFFICIENTS, FOLDER_NAME, LOG, PHI_OUTPUT, SAMPLER_NAME, TRAINING_CATEGORY
 from .phi_json import phi_to_json
-from .sampling_nodes import COEFFICIENTS
 from .training_events import publish
 
-LOG = logging.getLogger("comfyui_dyweight")
 FILE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 
 
 def teacher_choices() -> list:
-    return [name for name in comfy.samplers.SAMPLER_NAMES if name != "dyweight"]
+    return [name for name in comfy.samplers.SAMPLER_NAMES if name != SAMPLER_NAME]
 
 
 def cache_folder() -> Path:
@@ -64,7 +61,7 @@ class DyWeightTrain:
                    "many-step teacher on the prompts, then learns the few-step solver that matches it. Saves "
                    "models/dyweight/<file_name>-nfe<steps>.safetensors and outputs the coefficients for "
                    "KSampler (DyWeight). Cancel keeps the best coefficients found so far.")
-    CATEGORY = "sampling/dyweight/training"
+    CATEGORY = TRAINING_CATEGORY
     RETURN_TYPES = (COEFFICIENTS,)
     RETURN_NAMES = ("coefficients",)
     OUTPUT_TOOLTIPS = ("The trained coefficients (also saved to models/dyweight/).",)
@@ -138,7 +135,7 @@ class DyWeightTrain:
         report = validation_markdown(result.table) + "".join(f"\nnote: {note}" for note in result.notes)
         LOG.info("DyWeight: saved %s\n%s", path, report)
         return {"ui": {"text": [f"saved {path.name}\n{phi.summary()}\n\n{report}"],
-                       "dyweight_phi": [phi_to_json(phi, path.name)]},
+                       PHI_OUTPUT: [phi_to_json(phi, path.name)]},
                 "result": (phi,)}
 
     @staticmethod

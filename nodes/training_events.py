@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Optional
 
+# The pack's logger (``constants.LOG``); this module imports no sibling, so it loads without a host.
 LOG = logging.getLogger("comfyui_dyweight")
 
 EVENT_NAME = "dyweight.training"
@@ -144,7 +145,8 @@ def _merge_table(table: list, rows: list) -> None:
 
 
 # --- cleaning ------------------------------------------------------------------------------------
-def _number(value) -> Optional[float]:
+def _finite_number(value) -> Optional[float]:
+    """A finite int or float from a Python, torch or numpy scalar; ``None`` for anything else."""
     if isinstance(value, bool) or value is None:
         return None
     item = getattr(value, "item", None)  # torch / numpy scalars
@@ -163,11 +165,11 @@ def _number(value) -> Optional[float]:
 
 
 def _integer(value) -> Optional[int]:
-    value = _number(value)
+    value = _finite_number(value)
     return None if value is None else int(value)
 
 
-def _text(value, limit: int = 200) -> Optional[str]:
+def _clipped_text(value, limit: int = 200) -> Optional[str]:
     return None if value is None else str(value)[:limit]
 
 
@@ -184,11 +186,11 @@ def clean_event(event: dict) -> dict:
         if name in ("nfe", "iteration", "iterations", "done", "total"):
             clean[name] = _integer(value)
         elif name == "message":
-            clean[name] = _text(value, MAX_MESSAGE)
+            clean[name] = _clipped_text(value, MAX_MESSAGE)
         elif name == "table":
             clean[name] = [_clean_row(row) for row in table_rows(value, event.get("nfe"))][:MAX_TABLE_ROWS]
         else:
-            clean[name] = _number(value)
+            clean[name] = _finite_number(value)
     return clean
 
 
@@ -210,10 +212,10 @@ def table_rows(table, nfe=None) -> list:
 
 
 def _clean_row(row: dict) -> dict:
-    clean = {"solver": _text(row.get("solver"), 80), "nfe": _integer(row.get("nfe")),
-             "rmse": _number(row.get("rmse"))}
+    clean = {"solver": _clipped_text(row.get("solver"), 80), "nfe": _integer(row.get("nfe")),
+             "rmse": _finite_number(row.get("rmse"))}
     if "psnr" in row:
-        clean["psnr"] = _number(row.get("psnr"))
+        clean["psnr"] = _finite_number(row.get("psnr"))
     return clean
 
 
@@ -268,17 +270,20 @@ def clear(node_id=None) -> None:
             _jobs.pop(str(node_id), None)
 
 
-def _prompt_server():
-    server_module = sys.modules.get("server")  # ComfyUI's server.py, imported by main.py; never import it here
-    prompt_server_class = getattr(server_module, "PromptServer", None)
-    return getattr(prompt_server_class, "instance", None)
+def prompt_server():
+    """``PromptServer.instance`` of the running ComfyUI, or ``None`` when there is none (tests, scripts).
+
+    Looked up in ``sys.modules`` (ComfyUI's main.py imports ``server``), never imported here.
+    """
+    server_module = sys.modules.get("server")
+    return getattr(getattr(server_module, "PromptServer", None), "instance", None)
 
 
 def _send(message: dict) -> None:
-    prompt_server = _prompt_server()
-    if prompt_server is None or not hasattr(prompt_server, "send_sync"):
+    server = prompt_server()
+    if server is None or not hasattr(server, "send_sync"):
         return
     try:
-        prompt_server.send_sync(EVENT_NAME, message)
+        server.send_sync(EVENT_NAME, message)
     except Exception as error:  # noqa: BLE001 - the page is a viewer; training goes on without it
         LOG.debug("DyWeight: could not send a training update: %s", error)

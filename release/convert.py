@@ -1,4 +1,4 @@
-"""Convert the coefficients published with the DyWeight paper into ``dyweight/1`` files (DESIGN §3, §4).
+"""Convert the coefficients published with the DyWeight paper into ``dyweight/1`` files (see ``coefficients/io.py``).
 
 The release (GitHub ``Westlake-AGI-Lab/DyWeight``) ships two kinds of files:
 
@@ -39,7 +39,7 @@ from ..coefficients import Coefficients
 from ..coefficients.errors import CoefficientError
 from ..coefficients.schedules import flux_sigmas
 from ..version import __version__
-from .safe_unpickle import ExternalReference, PersistentRecord, UnsafePickleError, load_release_object
+from .safe_unpickle import ExternalReference, PersistentRecord, load_release_object
 
 __all__ = ["ReleaseImportError", "import_release_file", "import_release_files", "release_sources",
            "output_name", "flux_resolution_mu", "release_schedule", "DEFAULT_FLUX_RESOLUTION"]
@@ -201,7 +201,8 @@ def _tensor(value, source, what: str, ndim: int) -> torch.Tensor:
     return value
 
 
-def _number(value, default=None):
+def _scalar(value, default=None):
+    """A stored int or float (tensor and numpy scalars unwrapped), else ``default``."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, np.generic):
@@ -211,7 +212,8 @@ def _number(value, default=None):
     return value
 
 
-def _text(value) -> Optional[str]:
+def _string(value) -> Optional[str]:
+    """A stored string, else ``None``."""
     return value if isinstance(value, str) else None
 
 
@@ -268,10 +270,10 @@ def _convert_snapshot(data, path: Path, sha256: str) -> Coefficients:
     steps = hybrid.shape[0]
     if hybrid.shape != (steps, steps) or steps < 1:
         raise ReleaseImportError(path, f"'hybrid_weights' must be square, is {tuple(hybrid.shape)}")
-    num_steps = _number(predictor.get("num_steps"), steps + 1)
+    num_steps = _scalar(predictor.get("num_steps"), steps + 1)
     if num_steps != steps + 1:
         raise ReleaseImportError(path, f"num_steps = {num_steps} does not fit a {steps}x{steps} weight matrix")
-    history = _number(predictor.get("max_history_steps"))
+    history = _scalar(predictor.get("max_history_steps"))
     window = steps if history is None else int(history)
     if buffers.get("mask") is not None:
         mask = _tensor(buffers["mask"], path, "mask", 2)
@@ -294,21 +296,21 @@ def _convert_snapshot(data, path: Path, sha256: str) -> Coefficients:
     scale = scale.abs()  # the release queries the model at |t_scale · t̃|
     time_scale = torch.cat([torch.ones(1, dtype=F64), scale]) if afs else scale  # s_0 is unused with AFS
 
-    dataset = _text(loss.get("dataset_name")) or _text(predictor.get("dataset_name"))
+    dataset = _string(loss.get("dataset_name")) or _string(predictor.get("dataset_name"))
     model = RELEASE_MODELS.get(dataset, ReleaseModel(None, dataset or "unknown model"))
-    schedule_type = _text(loss.get("schedule_type")) or "polynomial"
-    rho = float(_number(loss.get("schedule_rho"), 7.0))
-    stored_min, stored_max = _number(loss.get("sigma_min")), _number(loss.get("sigma_max"))
-    sigmas = _grid(loss, path, steps + 1, schedule_type, rho, stored_min, stored_max, model)
+    schedule_type = _string(loss.get("schedule_type")) or "polynomial"
+    rho = float(_scalar(loss.get("schedule_rho"), 7.0))
+    stored_min, stored_max = _scalar(loss.get("sigma_min")), _scalar(loss.get("sigma_max"))
+    sigmas = _release_sigmas(loss, path, steps + 1, schedule_type, rho, stored_min, stored_max, model)
 
-    guidance_type = _text(predictor.get("guidance_type"))
-    guidance_rate = _number(predictor.get("guidance_rate"))
+    guidance_type = _string(predictor.get("guidance_type"))
+    guidance_rate = _scalar(predictor.get("guidance_rate"))
     training = {
         **_provenance(path, sha256),
         "teacher": _teacher_name(loss),
-        "teacher_steps": _number(loss.get("teacher_steps")),
+        "teacher_steps": _scalar(loss.get("teacher_steps")),
         "dataset": dataset,
-        "loss": _text(loss.get("loss_type")),
+        "loss": _string(loss.get("loss_type")),
         "base_model": model.base_model,
         "release_num_steps": int(num_steps),
         "release_history": int(window),
@@ -328,8 +330,8 @@ def _convert_snapshot(data, path: Path, sha256: str) -> Coefficients:
         raise ReleaseImportError(path, f"the converted coefficients are not usable ({error})") from None
 
 
-def _grid(loss: dict, path: Path, points: int, schedule_type: str, rho: float, stored_min, stored_max,
-          model: ReleaseModel) -> torch.Tensor:
+def _release_sigmas(loss: dict, path: Path, points: int, schedule_type: str, rho: float, stored_min,
+                    stored_max, model: ReleaseModel) -> torch.Tensor:
     """The N+1 base sigmas the table samples on: stored ``t_steps``, else the release's schedule rebuilt."""
     stored = loss.get("t_steps")
     if stored is not None:
@@ -356,7 +358,7 @@ def _grid(loss: dict, path: Path, points: int, schedule_type: str, rho: float, s
 def _convert_flux(data: dict, path: Path, sha256: str, mu: float) -> Coefficients:
     params = data.get("dyweight_params") if isinstance(data.get("dyweight_params"), dict) else {}
     meta = data.get("dyweight_meta") if isinstance(data.get("dyweight_meta"), dict) else {}
-    window = _number(data.get("window_size"), 0)
+    window = _scalar(data.get("window_size"), 0)
     if data.get("dyweight_weights_raw") is not None:
         raw = _tensor(data["dyweight_weights_raw"], path, "dyweight_weights_raw", 2)
     elif params.get("theta") is not None:
@@ -371,7 +373,7 @@ def _convert_flux(data: dict, path: Path, sha256: str, mu: float) -> Coefficient
     if data.get("dyweight_t_scales") is not None:
         scales = _tensor(data["dyweight_t_scales"], path, "dyweight_t_scales", 1)
     elif params.get("phi") is not None:
-        low, high = float(_number(meta.get("tscale_low"), 0.5)), float(_number(meta.get("tscale_high"), 1.5))
+        low, high = float(_scalar(meta.get("tscale_low"), 0.5)), float(_scalar(meta.get("tscale_high"), 1.5))
         scales = low + (high - low) * torch.sigmoid(_tensor(params["phi"], path, "dyweight_params.phi", 1))
     else:
         scales = torch.ones(steps, dtype=F64)
@@ -381,8 +383,8 @@ def _convert_flux(data: dict, path: Path, sha256: str, mu: float) -> Coefficient
     weights = _compact(raw, window, path)
     sigmas = flux_sigmas(steps, mu)
     training = {**_provenance(path, sha256), **FLUX_TRAINING, "base_model": "FLUX.1-dev",
-                "release_window_size": int(_number(data.get("window_size"), 0)), "mu": mu,
-                "tscale_range": [_number(meta.get("tscale_low")), _number(meta.get("tscale_high"))]}
+                "release_window_size": int(_scalar(data.get("window_size"), 0)), "mu": mu,
+                "tscale_range": [_scalar(meta.get("tscale_low")), _scalar(meta.get("tscale_high"))]}
     try:
         return Coefficients(
             weights=weights, time_scale=scales, afs=False, divisor="net_sigma", schedule={"kind": "flux", "mu": mu},

@@ -236,7 +236,8 @@ STATIC_PAGE = """<!doctype html>
 <script type="module">
 import { phiView, MODES } from "./lib/phi_view.js";
 import { applyTrainingEvent, trainingView } from "./lib/training_view.js";
-import { drawPhi, drawTraining, phiLayout, trainingLayout } from "./lib/draw.js";
+import { drawPhi, phiLayout } from "./lib/phi_chart.js";
+import { drawTraining, trainingLayout } from "./lib/training_chart.js";
 
 function panel(title, width, layoutOf, draw) {
   const node = document.createElement("div");

@@ -1,10 +1,14 @@
 """The preset registry and the shipped Adams–Bashforth presets."""
 
 import dataclasses
+import logging
+import os
 
+import pytest
 import torch
 
-from comfyui_dyweight.coefficients import Coefficients, PresetRegistry, adams_bashforth
+from comfyui_dyweight.coefficients import Coefficients, CoefficientFileError, PresetRegistry, adams_bashforth
+from comfyui_dyweight.coefficients import presets
 from comfyui_dyweight.coefficients.presets import SHIPPED_DIR, SHIPPED_NFE, write_shipped_presets
 
 
@@ -58,3 +62,37 @@ def test_unreadable_user_file_is_skipped_not_fatal(tmp_path, caplog):
     registry = PresetRegistry([tmp_path])
     assert registry.find("SD15", "eps", 4).path.parent.name == "adams_bashforth"
     assert "broken.safetensors" in caplog.text
+
+
+def _touch_later(path):
+    """Move the file's modification time a second on, as a later save would."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_load_reads_a_file_once_until_it_changes(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "mine-nfe5.safetensors"
+    trained(5, "SD15", "eps", 0.9).save(path)
+    registry = PresetRegistry([tmp_path], include_shipped=False)
+    reads = []
+    monkeypatch.setattr(presets, "load_coefficients", lambda p: reads.append(p.name) or Coefficients.load(p))
+
+    assert registry.read(path).time_scale.tolist() == pytest.approx([0.9] * 5)
+    assert registry.find("SD15", "eps", 5).coefficients is registry.read(path)  # one cache for both
+    assert reads == ["mine-nfe5.safetensors"]
+
+    trained(5, "SD15", "eps", 0.7).save(path)  # same size: only the modification time tells
+    _touch_later(path)
+    assert registry.find("SD15", "eps", 5).coefficients.time_scale.tolist() == pytest.approx([0.7] * 5)
+    assert reads == ["mine-nfe5.safetensors"] * 2
+
+    path.write_bytes(b"\x80\x04 a pickle, not safetensors")
+    with pytest.raises(CoefficientFileError) as error:
+        registry.read(path)
+    with pytest.raises(CoefficientFileError) as loader_error:
+        Coefficients.load(path)
+    assert (error.value.reason, str(error.value)) == (loader_error.value.reason, str(loader_error.value))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert registry.find("SD15", "eps", 5).path is None
+    assert caplog.text.count("skipping") == 1 and reads == ["mine-nfe5.safetensors"] * 3  # read and warned once

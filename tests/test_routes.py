@@ -90,7 +90,7 @@ def test_publish_cleans_events_bounds_history_and_sends_to_the_server(monkeypatc
         def send_sync(self, event, data, sid=None):
             sent.append((event, json.loads(json.dumps(data, allow_nan=False))))
 
-    monkeypatch.setattr(events, "_prompt_server", lambda: FakePromptServer())
+    monkeypatch.setattr(events, "prompt_server", lambda: FakePromptServer())
     for iteration in range(1, 2001):
         events.publish(7, {"kind": "train", "nfe": 4, "iteration": iteration, "iterations": 2000,
                            "loss": torch.tensor(1.0 / iteration), "eta_s": 2000 - iteration})

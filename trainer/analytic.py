@@ -51,12 +51,6 @@ class GaussianMixture:
         component_means = means[None] + shrink * (x[:, None, :] - means[None])  # [B, C, d]
         return (responsibility[..., None] * component_means).sum(1)
 
-    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """Draws from the data distribution (for checks of the model itself)."""
-        component = torch.multinomial(self.weights, count, replacement=True, generator=generator)
-        noise = torch.randn(count, self.dim, generator=generator, dtype=self.means.dtype)
-        return self.means[component] + self.std * noise
-
     def ode_solution(self, x: torch.Tensor, sigma_from: float, sigma_to: float, steps: int = 2000) -> torch.Tensor:
         """The probability-flow ODE solved from σ_from to σ_to by RK4 in log σ (error ≲ 1e-12 at 2000 steps).
 
@@ -83,7 +77,7 @@ class GaussianMixture:
 
 
 def gaussian_denoiser(data_std: float):
-    """D(x, σ) = x·c²/(σ² + c²): the exact denoiser for zero-mean Gaussian data with std c (DESIGN §3)."""
+    """D(x, σ) = x·c²/(σ² + c²): the exact denoiser for zero-mean Gaussian data with std c (E[x₀ | x₀ + σε])."""
     variance = data_std ** 2
 
     def denoise(x, sigma):

@@ -117,7 +117,7 @@ class _Distillation:
             for nfe in self.config.nfe:
                 self._train(nfe, pairs.subset(train_index), pairs.subset(self.validation_index))
         except (KeyboardInterrupt, TrainingInterrupted):
-            path = self._save() if self.state_dir is not None else None
+            path = self._save_state() if self.state_dir is not None else None
             where = f"state saved to {path}; resume=True continues" if path else "no state_dir: nothing saved"
             raise TrainingInterrupted(f"training interrupted ({where})", result=self._result(path),
                                       state_path=path) from None
@@ -126,7 +126,7 @@ class _Distillation:
     def plan_pairs(self, cache_dir) -> "_PairsPlan":
         """The pairs' inputs (noise, seeds, labels), the teacher's grid, the cache key and file."""
         latents, seeds, labels = draw_noise(self.model.noise, self.config.pairs, self.model.conditions)
-        sigmas = self._grid(self.config.teacher_steps, "the teacher")
+        sigmas = self._checked_grid(self.config.teacher_steps, "the teacher")
         key = pairs_key(self.model.cache_key, self.teacher, sigmas, latents, labels)
         return _PairsPlan(PairSet(seeds, latents, None, labels), sigmas, key, self._pairs_store(cache_dir, key))
 
@@ -138,7 +138,7 @@ class _Distillation:
 
     def _train(self, nfe: int, train_pairs: PairSet, validation_pairs: PairSet) -> None:
         """Algorithm 1 for one NFE target, from scratch or from its saved run."""
-        sigmas = self._grid(nfe + int(self.config.afs), f"NFE {nfe}")
+        sigmas = self._checked_grid(nfe + int(self.config.afs), f"NFE {nfe}")
         template = self._template(nfe, sigmas)
         saved = self.runs.get(nfe)
         if saved is not None and saved.row is not None:
@@ -167,13 +167,14 @@ class _Distillation:
     def _commit(self, run: NfeRun, save: bool) -> None:
         self.runs[run.nfe] = run
         if save and self.state_dir is not None:
-            self._save()
+            self._save_state()
 
-    def _save(self) -> Path:
+    def _save_state(self) -> Path:
         return save_state(self.state_dir, self.resume_key, self.runs)
 
     # --- pieces ------------------------------------------------------------------------------
-    def _grid(self, steps: int, whose: str) -> torch.Tensor:
+    def _checked_grid(self, steps: int, whose: str) -> torch.Tensor:
+        """``schedule(steps)``, checked: steps + 1 decreasing sigmas ≥ 0 starting at the teacher's σ_max."""
         sigmas = torch.as_tensor(self.model.schedule(steps), dtype=torch.float64).detach().cpu().flatten()
         if sigmas.numel() != steps + 1 or not (sigmas[1:] < sigmas[:-1]).all() or (sigmas < 0).any():
             raise ValueError(f"schedule({steps}) for {whose} must return {steps + 1} decreasing sigmas ≥ 0, "
@@ -237,7 +238,7 @@ class _Distillation:
             run = self.runs.get(nfe)
             if run is None:
                 continue
-            sigmas = self._grid(nfe + int(self.config.afs), f"NFE {nfe}")
+            sigmas = self._checked_grid(nfe + int(self.config.afs), f"NFE {nfe}")
             coefficients[nfe] = trained_phi(run, self._template(nfe, sigmas), facts)
             histories[nfe] = history(run)
             notes.extend(run.notes)

@@ -161,7 +161,7 @@ def train(run: NfeRun, template: Coefficients, sigmas: torch.Tensor, denoise: Ca
         run.iteration = iteration + 1
         validated = run.iteration % config.validation_interval == 0 or run.iteration == config.iterations
         if validated:
-            _validate(run, student, sigmas, denoise, validation_pairs, config)
+            _validate_and_keep_best(run, student, sigmas, denoise, validation_pairs, config)
         run.seconds += time.monotonic() - clock
         clock = time.monotonic()
         commit(run.snapshot(), validated)
@@ -225,7 +225,7 @@ def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigma
     return loss
 
 
-def _validate(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, config: DistillConfig) -> None:
+def _validate_and_keep_best(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, config: DistillConfig) -> None:
     """Held-out RMSE of the current Φ; keep it as the best when it beats every earlier one."""
     try:
         phi = student.phi().detached()

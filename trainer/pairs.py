@@ -168,14 +168,14 @@ def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, l
             reporter.teacher(count, noise.shape[0])
     except BaseException:
         if store is not None and count:
-            _save(store, key, noise, seeds, labels, torch.cat(targets), seconds + time.monotonic() - started)
+            _store_pairs(store, key, noise, seeds, labels, torch.cat(targets), seconds + time.monotonic() - started)
         raise
     finally:
         reporter.end()
     seconds += time.monotonic() - started
     target = torch.cat(targets)
     if store is not None:
-        _save(store, key, noise, seeds, labels, target, seconds)
+        _store_pairs(store, key, noise, seeds, labels, target, seconds)
     return TeacherRun(PairSet(seeds, noise, target, labels), False, seconds)
 
 
@@ -203,7 +203,7 @@ def _cached(store: Optional[Path], key: dict, device: torch.device):
         return None, 0.0  # unreadable: regenerate and replace it
 
 
-def _save(store: Path, key: dict, noise, seeds, labels, target, seconds: float) -> None:
+def _store_pairs(store: Path, key: dict, noise, seeds, labels, target, seconds: float) -> None:
     tensors = {"noise": noise, "seeds": seeds, "target": target}
     if labels is not None:
         tensors["labels"] = labels

@@ -29,13 +29,14 @@ def _slope(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
-def _grid(sigmas, x):
+def _sigmas_like(sigmas, x):
+    """The grid on ``x``'s device, in ``x``'s dtype or float32 if that is wider."""
     return torch.as_tensor(sigmas).to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
 
 
 def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Euler's method in σ (DDIM for ε-models); a step to σ = 0 returns the denoised estimate."""
-    sigmas = _grid(sigmas, x)
+    sigmas = _sigmas_like(sigmas, x)
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         x = x + (sigma_next - sigma) * _slope(x, sigma, denoise(x, sigma))
     return x
@@ -46,7 +47,7 @@ def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) -> tor
 
     2N − 1 model calls on a grid ending at 0, 2N otherwise.
     """
-    sigmas = _grid(sigmas, x)
+    sigmas = _sigmas_like(sigmas, x)
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         slope = _slope(x, sigma, denoise(x, sigma))
         euler_step = x + (sigma_next - sigma) * slope
@@ -64,7 +65,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) ->
     First step and a step to σ = 0 are first order; the others extrapolate the denoised estimate
     linearly in λ from the previous one.
     """
-    sigmas = _grid(sigmas, x)
+    sigmas = _sigmas_like(sigmas, x)
     previous = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

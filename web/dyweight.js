@@ -24,13 +24,14 @@ function note(message, error) {
 }
 
 try {
-  const [appModule, apiModule, phiView, trainingView, draw, format] = await Promise.all([
+  const [appModule, apiModule, phiView, trainingView, phiChart, trainingChart, format] = await Promise.all([
     import("../../scripts/app.js"), import("../../scripts/api.js"),
-    import("./lib/phi_view.js"), import("./lib/training_view.js"), import("./lib/draw.js"), import("./lib/format.js"),
+    import("./lib/phi_view.js"), import("./lib/training_view.js"),
+    import("./lib/phi_chart.js"), import("./lib/training_chart.js"), import("./lib/format.js"),
   ]);
   app = appModule.app;
   api = apiModule.api;
-  lib = { ...phiView, ...trainingView, ...draw, ...format };
+  lib = { ...phiView, ...trainingView, ...phiChart, ...trainingChart, ...format };
 } catch (error) {
   note("front end not available here; the DyWeight nodes work without their charts.", error);
 }
