@@ -51,9 +51,11 @@ def trained_example() -> Coefficients:
 def fixture_phis() -> dict:
     phi_json = _load_module("phi_json")
     shipped = REPO / "coefficients" / "presets" / "adams_bashforth" / "ab-nfe5.safetensors"
+    dss = REPO / "coefficients" / "presets" / "dss" / "dss-ddpm-dit-nfe6.safetensors"
     return {
         "phi_ab_nfe5.json": phi_json.phi_to_json(Coefficients.load(shipped), "shipped/adams_bashforth/ab-nfe5.safetensors"),
         "phi_trained.json": phi_json.phi_to_json(trained_example(), "sd15/dyweight-sd15-nfe5.safetensors"),
+        "phi_dss_ddpm_nfe6.json": phi_json.phi_to_json(Coefficients.load(dss), "shipped/dss/dss-ddpm-dit-nfe6.safetensors"),
     }
 
 
@@ -132,8 +134,8 @@ def user_folder(dw, tmp_path, monkeypatch):
                               schedule={"kind": "edm", "rho": 7.0}, sigma_min=0.002, sigma_max=80.0,
                               training={"iterations": 500, "teacher": "dpmpp_2m", "teacher_steps": 40,
                                         "validation": {"rmse": 0.0123}, "loss": float("nan")})
-    trained.weights = trained.weights * 1.05
-    trained.time_scale = torch.tensor([1.0, 0.97, 1.02, 1.01, 0.99])
+    trained = dataclasses.replace(trained, weights=trained.weights * 1.05,
+                                  time_scale=torch.tensor([1.0, 0.97, 1.02, 1.01, 0.99]))
     trained.save(folder / "sd15-nfe4.safetensors")
     adams_bashforth(6).save(folder / "sub" / "ab6.safetensors")
     (folder / "broken.safetensors").write_bytes(b"\x80\x04 this is a pickle, not safetensors")
