@@ -1,7 +1,9 @@
 """The coefficient file (format ``dyweight/1``): one ``.safetensors`` per Φ, strictly validated, written atomically.
 
-Tensors: ``weights`` [N, K], ``time_scale`` [N], optional ``sigmas`` [N+1] (float32). Metadata: one JSON
-document under the key ``dyweight``. Files are parsed with safetensors only; nothing is ever unpickled.
+Tensors: ``weights`` [N, K], ``time_scale`` [N], optional ``sigmas`` [N+1] (float32; float64 for converted
+third-party tables). Metadata: one JSON document under the key ``dyweight``; a document without
+``solver``/``combine``/``source`` (files written before the DSS family) reads as a DyWeight Φ with gradient
+combination. Files are parsed with safetensors only; nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ _REQUIRED_FIELDS = ("format", "nfe", "order", "afs", "divisor", "schedule", "pre
 _PICKLE_OR_TORCH_SAVE = (b"\x80", b"PK\x03\x04")
 
 
-def save_coefficients(phi: Coefficients, path) -> None:
-    """Write ``phi`` to ``path`` atomically (temporary file + rename)."""
-    phi = phi.detached()
+def save_coefficients(phi: Coefficients, path, dtype=torch.float32) -> None:
+    """Write ``phi`` to ``path`` atomically (temporary file + rename), its tensors in ``dtype``
+    (float64 keeps converted third-party tables at their published decimals)."""
+    phi = phi.detached(dtype)
     tensors = {"weights": phi.weights, "time_scale": phi.time_scale}
     if phi.sigmas is not None:
         tensors["sigmas"] = phi.sigmas
@@ -137,6 +140,7 @@ def _build(path: Path, tensors: dict, document: dict) -> Coefficients:
             afs=document["afs"], divisor=document["divisor"], schedule=document["schedule"],
             prediction=document["prediction"], model_family=document["model_family"],
             sigma_min=document["sigma_min"], sigma_max=document["sigma_max"], cfg=document["cfg"],
-            training=document["training"])
+            training=document["training"], solver=document.get("solver", "dyweight"),
+            combine=document.get("combine", "gradient"), source=document.get("source"))
     except CoefficientError as error:
         raise CoefficientFileError(path, "invalid", str(error)) from None

@@ -3,6 +3,12 @@
 Notation follows the paper (arXiv 2603.11607, §3): N base steps, a history window of K gradients,
 row n of W weighting the K most recent gradients (column 0 = newest), s_n the time scale of the
 model query at step n (Eq. 7), and the running, implicitly shifted time t̃ (Eq. 8).
+
+The same value holds the second family, DSS (Differentiable Solver Search, arXiv 2505.21114, §3):
+a searched base grid plus full-history coefficients whose rows sum to one, so K = N, s = 1 and the
+model is queried on the grid itself (no implicit time shift). ``solver`` says which family a Φ is;
+``combine`` says what its rows weight: ``gradient`` (residuals / velocities, Eq. 6 of DyWeight and
+DSS's rectified-flow solvers) or ``denoised`` (data predictions, DSS's DDPM solvers).
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ from .errors import CoefficientError
 FORMAT = "dyweight/1"
 DIVISORS = ("sigma", "net_sigma")
 PREDICTIONS = ("eps", "v", "flow")
-SCHEDULE_KINDS = ("comfy", "explicit", "edm", "flux")
+SCHEDULE_KINDS = ("comfy", "explicit", "edm", "flux", "ddpm_time")
+SOLVERS = ("dyweight", "dss")
+COMBINES = ("gradient", "denoised")
+#: How far a row of W may be from summing to one (relative to its absolute sum) where one is required:
+#: float32 files round each weight by ~6e-8.
+ROW_SUM_TOLERANCE = 1e-5
 
 
 def validate_schedule(schedule: Any) -> dict:
@@ -34,6 +45,13 @@ def validate_schedule(schedule: Any) -> dict:
         raise CoefficientError("an 'edm' schedule needs a positive 'rho'")
     if kind == "flux" and not isinstance(schedule.get("mu"), (int, float)):
         raise CoefficientError("a 'flux' schedule needs the resolution shift 'mu'")
+    if kind == "ddpm_time":
+        times = schedule.get("t")
+        if not (isinstance(times, list) and len(times) >= 2
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in times)
+                and all(later < earlier for earlier, later in zip(times, times[1:]))):
+            raise CoefficientError(
+                "a 'ddpm_time' schedule needs 't': the DDPM times of the grid, strictly decreasing in [0, 1]")
     return dict(schedule)
 
 
@@ -64,12 +82,16 @@ class Coefficients:
     sigma_max: Optional[float] = None
     cfg: Optional[float] = None
     training: dict = dataclasses.field(default_factory=dict)
+    solver: str = "dyweight"
+    combine: str = "gradient"
+    source: Optional[dict] = None
 
     def __post_init__(self):
         self._validate()
-        # Private copies of the two records, so that no caller's dict can change this Φ afterwards.
+        # Private copies of the records, so that no caller's dict can change this Φ afterwards.
         object.__setattr__(self, "schedule", validate_schedule(self.schedule))
         object.__setattr__(self, "training", copy.deepcopy(self.training))
+        object.__setattr__(self, "source", copy.deepcopy(self.source))
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -126,8 +148,44 @@ class Coefficients:
                 raise CoefficientError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.schedule["kind"] == "edm" and (self.sigma_min is None or self.sigma_max is None):
             raise CoefficientError("an 'edm' schedule needs sigma_min and sigma_max")
+        if self.schedule["kind"] == "ddpm_time":
+            if len(self.schedule["t"]) != self.steps + 1:
+                raise CoefficientError(f"a 'ddpm_time' schedule needs N+1 = {self.steps + 1} times in 't', "
+                                       f"got {len(self.schedule['t'])}")
+            if self.prediction == "flow":
+                raise CoefficientError("a 'ddpm_time' schedule is for eps/v models, not flow models")
         if not isinstance(self.training, dict):
             raise CoefficientError("training must be a dict")
+        if self.source is not None and not isinstance(self.source, dict):
+            raise CoefficientError("source must be a dict (repository, commit, file, licence) or absent")
+        self._validate_family()
+
+    def _validate_family(self) -> None:
+        """DSS (arXiv 2505.21114, §3): K = N, s = 1, no analytical first step, and every model query on
+        the grid itself — rows 0 … N−2 sum to one (the last row's sum only places the end point, t̃_N).
+        Data predictions are combined affinely: with ``combine = "denoised"`` every row sums to one."""
+        if self.solver not in SOLVERS:
+            raise CoefficientError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.combine not in COMBINES:
+            raise CoefficientError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        w = self.weights.detach()
+        off_by = ((w * torch.ones_like(w).tril()).sum(1) - 1).abs() > ROW_SUM_TOLERANCE * w.abs().sum(1).clamp_min(1)
+        if self.combine == "denoised" and off_by.any():
+            n = int(off_by.nonzero()[0])
+            raise CoefficientError(
+                f"with combine = 'denoised' every row of weights must sum to 1 (an average of data "
+                f"predictions); row {n} sums to {float(w[n].sum()):.6g}")
+        if self.solver != "dss":
+            return
+        if self.order != self.steps or self.afs or not bool((self.time_scale.detach() == 1).all()):
+            raise CoefficientError(
+                "a DSS Φ has the full history (K = N), time scales of 1 and no analytical first step; "
+                f"got K = {self.order}, N = {self.steps}, afs = {self.afs}, s = {self.time_scale.tolist()}")
+        if off_by[:-1].any():
+            n = int(off_by[:-1].nonzero()[0])
+            raise CoefficientError(
+                f"a DSS Φ queries the model on its grid: rows 0 … N−2 of weights must sum to 1, row {n} "
+                f"sums to {float(w[n].sum()):.6g}")
 
     def _validate_sigmas(self) -> None:
         sig = self.sigmas
@@ -146,26 +204,32 @@ class Coefficients:
             "divisor": self.divisor, "schedule": self.schedule, "prediction": self.prediction,
             "model_family": self.model_family, "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max, "cfg": self.cfg, "training": self.training,
+            "solver": self.solver, "combine": self.combine, "source": self.source,
         }
 
-    def detached(self) -> "Coefficients":
-        """A float32 CPU copy without autograd history (what is saved and shipped)."""
+    def detached(self, dtype=torch.float32) -> "Coefficients":
+        """A CPU copy without autograd history (what is saved and shipped), in float32 unless told."""
         return dataclasses.replace(
             self,
-            weights=self.weights.detach().to("cpu", torch.float32).clone(),
-            time_scale=self.time_scale.detach().to("cpu", torch.float32).clone(),
-            sigmas=None if self.sigmas is None else self.sigmas.detach().to("cpu", torch.float32).clone(),
+            weights=self.weights.detach().to("cpu", dtype).clone(),
+            time_scale=self.time_scale.detach().to("cpu", dtype).clone(),
+            sigmas=None if self.sigmas is None else self.sigmas.detach().to("cpu", dtype).clone(),
         )
 
     def summary(self) -> str:
         """A few human-readable lines: what this Φ is and where it came from."""
         family = self.model_family or "any model"
         prediction = self.prediction or "any prediction"
+        kind = "DSS solver" if self.solver == "dss" else "DyWeight Φ"
+        combined = ", combines data predictions" if self.combine == "denoised" else ""
         lines = [
-            f"DyWeight Φ: NFE {self.nfe} ({self.steps} steps{', analytical first step' if self.afs else ''}), "
-            f"history K={self.order}",
+            f"{kind}: NFE {self.nfe} ({self.steps} steps{', analytical first step' if self.afs else ''}), "
+            f"history K={self.order}{combined}",
             f"for {family} ({prediction}), schedule {_describe_schedule(self.schedule)}",
         ]
+        if self.source:
+            lines.append("from " + ", ".join(str(self.source[k]) for k in ("repository", "commit", "file", "licence")
+                                             if self.source.get(k)))
         if self.cfg is not None:
             lines.append(f"CFG/guidance {self.cfg:g}")
         record = self.training
@@ -174,7 +238,7 @@ class Coefficients:
         elif record:
             facts = [f"{k}={record[k]}" for k in ("teacher", "teacher_steps", "pairs", "iterations", "base_model")
                      if record.get(k) is not None]
-            lines.append("trained: " + ", ".join(facts))
+            lines.append(("searched: " if self.solver == "dss" else "trained: ") + ", ".join(facts))
             validation = record.get("validation")
             if isinstance(validation, dict) and validation.get("rmse") is not None:
                 lines.append(f"held-out RMSE to teacher {validation['rmse']:.4g}")
@@ -186,10 +250,10 @@ class Coefficients:
         from .io import load_coefficients
         return load_coefficients(path)
 
-    def save(self, path) -> None:
+    def save(self, path, dtype=torch.float32) -> None:
         """Write this Φ atomically; see :func:`coefficients.io.save_coefficients`."""
         from .io import save_coefficients
-        save_coefficients(self, path)
+        save_coefficients(self, path, dtype)
 
 
 def _describe_schedule(schedule: dict) -> str:
@@ -200,4 +264,6 @@ def _describe_schedule(schedule: dict) -> str:
         return f"EDM ρ={schedule['rho']:g}{' to 0' if schedule.get('to_zero') else ''}"
     if kind == "flux":
         return f"FLUX shift μ={schedule['mu']:g}"
+    if kind == "ddpm_time":
+        return f"DDPM times {schedule['t'][0]:g} … {schedule['t'][-1]:g} (the model's own σ(t))"
     return "explicit sigmas"

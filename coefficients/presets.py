@@ -8,7 +8,10 @@ Lookup order (first match wins):
 3. if nothing matches, Adams–Bashforth (iPNDM, K=4) built on the fly — the documented fallback, which
    is what the shipped Adams–Bashforth presets hold as well.
 
-A Φ whose prediction type differs from the model's never matches.
+A Φ whose prediction type differs from the model's never matches. The shipped DSS solvers
+(``presets/dss/``, arXiv 2505.21114) are offered by name (Load DyWeight Coefficients) but not picked by
+this lookup: for a model without its own Φ, Adams–Bashforth stays the default. A DSS file in the user's
+folders is picked like any other Φ.
 
 Run ``python -m comfyui_dyweight.coefficients.presets`` to regenerate the shipped Adams–Bashforth files.
 """
@@ -132,12 +135,17 @@ class PresetRegistry:
         ``steps`` additionally requires N = steps (the stock KSampler path, whose sigmas fix N).
         """
         candidates = [p for p in self.presets()
-                      if p.coefficients.nfe == nfe and (steps is None or p.coefficients.steps == steps)]
+                      if p.coefficients.nfe == nfe and (steps is None or p.coefficients.steps == steps)
+                      and not _shipped_dss(p)]
         for wanted in ((model_family, prediction), (None, prediction), (None, None)):
             for preset in candidates:
                 if (preset.coefficients.model_family, preset.coefficients.prediction) == wanted:
                     return preset
         return Preset(None, adams_bashforth_preset(nfe, prediction))
+
+
+def _shipped_dss(preset: Preset) -> bool:
+    return preset.coefficients.solver == "dss" and preset.path.is_relative_to(SHIPPED_DIR)
 
 
 def write_shipped_presets(folder: Path = SHIPPED_DIR) -> list:

@@ -43,19 +43,23 @@ def base_sigmas(phi: Coefficients, steps: Optional[int] = None, dtype=torch.floa
     """The base sigmas of a Φ's own schedule for ``steps`` steps (default N), for schedules needing no model.
 
     An explicit grid exists for N steps only. A ``comfy`` schedule is evaluated on the model's
-    ``model_sampling`` by the nodes instead.
+    ``model_sampling`` by the nodes instead; so is a ``ddpm_time`` one, whose stored ``sigmas`` (the grid
+    it was searched on, e.g. DSS's VP σ̂(t)) are what it runs on without a model.
     """
     steps = phi.steps if steps is None else steps
     kind = phi.schedule["kind"]
-    if kind == "explicit":
+    if kind == "explicit" or (kind == "ddpm_time" and phi.sigmas is not None):
         if steps != phi.steps:
-            raise CoefficientError(f"this Φ's explicit grid has {phi.steps} steps, not {steps}")
+            raise CoefficientError(f"this Φ's grid has {phi.steps} steps, not {steps}")
         return phi.sigmas.detach().to(dtype)
     if kind == "edm":
         return edm_sigmas(steps, phi.sigma_min, phi.sigma_max, phi.schedule["rho"],
                           bool(phi.schedule.get("to_zero", False)), dtype=dtype)
     if kind == "flux":
         return flux_sigmas(steps, phi.schedule["mu"], dtype=dtype)
+    if kind == "ddpm_time":
+        raise CoefficientError("this Φ's grid is in DDPM time: its sigmas come from the model's own σ(t) "
+                               "(use the DyWeight Sigmas node, or pass sigmas explicitly)")
     raise CoefficientError(
         f"this Φ uses ComfyUI's '{phi.schedule['scheduler']}' scheduler: its sigmas come from the model "
         "(use the DyWeight Sigmas node, or pass sigmas explicitly)")

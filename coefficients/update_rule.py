@@ -17,6 +17,15 @@ the first model call, and with it every number a step needs: with the residuals 
 
 and a step costs one subtraction and p fused multiply-adds on the latents besides its model call.
 The table c is differentiable in W and s, so the trainer runs this same loop.
+
+``combine = "denoised"`` (DSS's DDPM solvers, arXiv 2505.21114, §3, in VE coordinates x̂ = x/α) weights
+the data predictions instead, with the step of DDIM (Song et al. 2021, Eq. 12) from their combination:
+
+    x_{n+1} = x_n + (h_n / d_n) · (x_n − Σ_{k<p} W[n,k] · D_{n−k}),
+
+i.e. x_{n+1} = a_n · x_n + Σ_k b[n,k] · D_{n−k} with a_n = 1 + h_n/d_n and b[n,k] = −h_n·W[n,k]/d_n;
+every row of W sums to one (an average of data predictions), so t̃ = σ. With Euler rows (W[n,0] = 1) both
+combinations are DDIM.
 """
 
 from __future__ import annotations
@@ -83,11 +92,15 @@ def dyweight_sample(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, ph
     if phi.afs:
         queries = torch.cat([times[:1], queries[1:]])  # no model call at step 0; its callback reports t̃_0
     _check_times(times, queries, phi)
-    rows = step_coefficients(weights, sig[1:] - times, times if phi.divisor == "sigma" else queries)
+    divisors = times if phi.divisor == "sigma" else queries
+    if phi.combine == "denoised":
+        state_factors, rows = denoised_step_coefficients(weights, sig[1:] - times, divisors)
+    else:
+        state_factors, rows = None, step_coefficients(weights, sig[1:] - times, divisors)
     queries = queries.unbind()
 
     state = x.to(work)
-    residuals: list[torch.Tensor] = []  # r_m = x_m − D_m, newest first
+    history: list[torch.Tensor] = []  # r_m = x_m − D_m (or D_m with combine = "denoised"), newest first
     step_sums: list[torch.Tensor] = []  # NaN/Inf anywhere in x_{n+1} makes its sum non-finite
     for n in range(phi.steps):
         if phi.afs and n == 0:  # g_0 = x/√(1 + t̃_0²) (VE) or x (flow), and r_0 = t̃_0·g_0
@@ -98,9 +111,11 @@ def dyweight_sample(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, ph
             residual = state - denoised  # in the working dtype, whatever the model's
         if callback is not None:
             callback({"x": state, "i": n, "sigma": queries[n], "sigma_hat": queries[n], "denoised": denoised})
-        residuals.insert(0, residual)
-        del residuals[phi.order:]
-        for coefficient, past in zip(rows[n], residuals):
+        history.insert(0, residual if state_factors is None else denoised.to(work))
+        del history[phi.order:]
+        if state_factors is not None:
+            state = state * state_factors[n]
+        for coefficient, past in zip(rows[n], history):
             state = torch.addcmul(state, coefficient, past)
         step_sums.append(state.sum())
     _check_finite(torch.stack(step_sums), phi)
@@ -114,8 +129,20 @@ def step_coefficients(weights: torch.Tensor, step_sizes: torch.Tensor, divisors:
     """
     steps, order = weights.shape
     lag = torch.arange(steps, device=divisors.device)[:, None] - torch.arange(order, device=divisors.device)
-    table = step_sizes[:, None] * weights / divisors[lag.clamp(min=0)]
-    cells = table.flatten().unbind()  # one call: 0-d views, cheap to pass to addcmul
+    return _table_rows(step_sizes[:, None] * weights / divisors[lag.clamp(min=0)])
+
+
+def denoised_step_coefficients(weights: torch.Tensor, step_sizes: torch.Tensor, divisors: torch.Tensor) -> tuple:
+    """(a_n, rows of b[n,k]) of the data-prediction step x_{n+1} = a_n·x_n + Σ_k b[n,k]·D_{n−k}:
+    a_n = 1 + h_n/d_n, b[n,k] = −h_n·W[n,k]/d_n (DDIM, Song et al. 2021, Eq. 12, on Σ_k W[n,k]·D_{n−k})."""
+    ratios = step_sizes / divisors
+    return (1 + ratios).unbind(), _table_rows(-ratios[:, None] * weights)
+
+
+def _table_rows(table: torch.Tensor) -> list:
+    """An [N, K] table as N rows of 0-d tensors (one unbind: views that are cheap to pass to addcmul)."""
+    steps, order = table.shape
+    cells = table.flatten().unbind()
     return [cells[n * order:(n + 1) * order] for n in range(steps)]
 
 

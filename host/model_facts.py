@@ -6,6 +6,8 @@ import dataclasses
 import logging
 import types
 
+import torch
+
 import comfy.model_sampling
 import comfy.samplers
 
@@ -75,6 +77,13 @@ def comfy_sigmas(model_sampling, scheduler: str, steps: int):
         return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
     return comfy.samplers.calculate_sigmas_scheduler(types.SimpleNamespace(model_sampling=model_sampling),
                                                      scheduler, steps)
+
+
+def ddpm_time_sigmas(model_sampling, times) -> torch.Tensor:
+    """The model's own σ at DDPM times t ∈ [0, 1]: timestep t·T of its T training steps (t = 0.999 → the
+    last one), interpolated in log σ between steps as ComfyUI does for any σ."""
+    timesteps = torch.tensor(times, dtype=torch.float32) * len(model_sampling.sigmas)
+    return model_sampling.sigma(timesteps).float().cpu()
 
 
 def bind_to_model(phi: Coefficients, facts: ModelFacts) -> Coefficients:

@@ -21,7 +21,7 @@ def phi_to_json(phi: Coefficients, name: Optional[str] = None) -> dict:
     """Describe ``phi`` for the front end.
 
     Keys: ``name, nfe, steps, order, afs, divisor, schedule, prediction, model_family, sigma_min,
-    sigma_max, cfg, training, summary, weights`` ([N][K], column 0 = newest gradient, 0 above the
+    sigma_max, cfg, training, solver, combine, source, summary, weights`` ([N][K], column 0 = newest gradient, 0 above the
     diagonal), ``time_scale`` [N], ``sigmas`` ([N+1] or ``null``), ``weight_sums`` [N] (Σ_k W[n,k],
     the implicit time shift), ``reference_weights`` (the Adams–Bashforth rows of the same N, K and
     AFS: the untrained iPNDM reference), ``reference_label``, ``schema``.
@@ -45,6 +45,9 @@ def phi_to_json(phi: Coefficients, name: Optional[str] = None) -> dict:
         "sigma_max": phi.sigma_max,
         "cfg": phi.cfg,
         "training": phi.training,
+        "solver": phi.solver,
+        "combine": phi.combine,
+        "source": phi.source,
         "summary": phi.summary(),
         "weights": weights.tolist(),
         "time_scale": time_scale.tolist(),

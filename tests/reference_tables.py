@@ -1,4 +1,4 @@
-"""Access to ../shared/reference/dyweight_official_tables.json (test data only; never shipped).
+"""Access to ../shared/reference/dyweight_official_tables.json and dss_searched_solvers.json (test data only).
 
 The released tables list each row's weights oldest → newest over the full history; our compact
 form keeps the K newest, column 0 = newest: compact[n, k] = full[n, n − k].
@@ -16,6 +16,16 @@ import torch
 
 REFERENCE_FILE = Path(os.environ.get(
     "DYWEIGHT_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference" / "dyweight_official_tables.json"))
+
+
+DSS_REFERENCE_FILE = Path(os.environ.get("DSS_REFERENCE", REFERENCE_FILE.parent / "dss_searched_solvers.json"))
+
+
+def load_dss_tables() -> dict:
+    """The DSS release's searched solvers as numbers: {family: {"step<N>": {"timedeltas", "coeffs"}}}."""
+    if not DSS_REFERENCE_FILE.is_file():
+        pytest.skip(f"DSS reference tables not present at {DSS_REFERENCE_FILE} (set DSS_REFERENCE to use them)")
+    return json.loads(DSS_REFERENCE_FILE.read_text())["tables"]
 
 
 def load_tables() -> dict:

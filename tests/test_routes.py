@@ -51,9 +51,11 @@ def trained_example() -> Coefficients:
 def fixture_phis() -> dict:
     phi_json = _load_module("phi_json")
     shipped = REPO / "coefficients" / "presets" / "adams_bashforth" / "ab-nfe5.safetensors"
+    dss = REPO / "coefficients" / "presets" / "dss" / "dss-ddpm-dit-nfe6.safetensors"
     return {
         "phi_ab_nfe5.json": phi_json.phi_to_json(Coefficients.load(shipped), "shipped/adams_bashforth/ab-nfe5.safetensors"),
         "phi_trained.json": phi_json.phi_to_json(trained_example(), "sd15/dyweight-sd15-nfe5.safetensors"),
+        "phi_dss_ddpm_nfe6.json": phi_json.phi_to_json(Coefficients.load(dss), "shipped/dss/dss-ddpm-dit-nfe6.safetensors"),
     }
 
 

@@ -42,13 +42,22 @@ class GaussianMixture:
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """E[x0 | x_σ = x] for a batch x [B, d] and a scalar or per-sample σ."""
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)  # [B or 1, 1]
+        return self.posterior_mean(x, 1.0, sigma)
+
+    def flow_denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """E[x0 | x = (1 − σ)·x0 + σ·ε] (rectified flow; σ = 1 is pure noise and gives the data mean)."""
+        return self.posterior_mean(x, 1 - torch.as_tensor(sigma, dtype=x.dtype), sigma)
+
+    def posterior_mean(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """E[x0 | α·x0 + σ·ε = x] for a batch x [B, d] and scalar or per-sample α, σ (VE: α = 1; VP; flow)."""
+        alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).reshape(-1, 1)  # [B or 1, 1]
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)
         means = self.means.to(x)
-        variance = self.std ** 2 + sigma ** 2
-        squared = ((x[:, None, :] - means[None]) ** 2).sum(-1)  # [B, C]
+        variance = (alpha * self.std) ** 2 + sigma ** 2
+        squared = ((x[:, None, :] - alpha[..., None] * means[None]) ** 2).sum(-1)  # [B, C]
         responsibility = torch.softmax(torch.log(self.weights.to(x))[None] - squared / (2 * variance), dim=1)
-        shrink = (self.std ** 2 / variance)[..., None]
-        component_means = means[None] + shrink * (x[:, None, :] - means[None])  # [B, C, d]
+        shrink = (alpha * self.std ** 2 / variance)[..., None]
+        component_means = means[None] + shrink * (x[:, None, :] - alpha[..., None] * means[None])  # [B, C, d]
         return (responsibility[..., None] * component_means).sum(1)
 
     def ode_solution(self, x: torch.Tensor, sigma_from: float, sigma_to: float, steps: int = 2000) -> torch.Tensor:

@@ -59,14 +59,26 @@ function scheduleText(schedule) {
     case "edm": return `EDM \u03c1=${fmt(schedule.rho)}${schedule.to_zero ? " to 0" : ""}`;
     case "flux": return `FLUX \u03bc=${fmt(schedule.mu)}`;
     case "explicit": return "explicit \u03c3";
+    case "ddpm_time": return "DDPM t \u2192 model \u03c3(t)";
     default: return String(schedule.kind ?? "");
   }
 }
 
-function trainingLines(training, isReference) {
+function sourceLine(source) {
+  if (!source || typeof source !== "object" || !source.repository) return null;
+  const commit = source.commit ? `@${String(source.commit).slice(0, 7)}` : "";
+  return `from ${source.repository}${commit}${source.licence ? ` (${source.licence})` : ""}`;
+}
+
+function trainingLines(training, isReference, source) {
   const t = training && typeof training === "object" ? training : {};
   const iterations = num(t.iterations);
   const lines = [];
+  const origin = sourceLine(source);
+  if (origin) {
+    lines.push(`searched${t.base_model ? ` on ${t.base_model}` : ""}`, origin);
+    return lines;
+  }
   if (!iterations) {
     const init = t.initialiser ? String(t.initialiser).replace(/\(order=(\d)\)/, " K=$1") : "Adams\u2013Bashforth";
     lines.push(`untrained: ${init}${isReference ? " (= reference)" : ""}`);
@@ -145,7 +157,10 @@ export function phiView(phi, options = {}) {
   }
   const shape = [`NFE ${nfe}`, `${steps} steps${phi.afs ? " (AFS)" : ""}`, `K=${order}`,
     phi.divisor === "net_sigma" ? "\u00f7 s\u00b7\u03c3" : "\u00f7 \u03c3"];
-  const facts = [shape.join(" \u00b7 "), modelParts.join(" \u00b7 "), ...trainingLines(phi.training, isReference)];
+  if (phi.solver === "dss") shape.unshift("DSS");
+  if (phi.combine === "denoised") shape.push("combines x\u2080");
+  const facts = [shape.join(" \u00b7 "), modelParts.join(" \u00b7 "),
+    ...trainingLines(phi.training, isReference, phi.source)];
 
   const name = typeof phi.name === "string" && phi.name ? phi.name : null;
   const title = name ? basename(name) : `\u03a6 for NFE ${nfe}`;

@@ -91,3 +91,17 @@ test("bad input gives a message, never an exception", () => {
   assert.equal(withNull.ok, true);
   assert.equal(withNull.cells.find((c) => c.n === 1 && c.k === 0).text, "\u2013");
 });
+
+test("a DSS searched solver: full history, rows summing to one, its source", () => {
+  const view = phiView(fixture("phi_dss_ddpm_nfe6.json"), { origin: "preset" });
+  assert.equal(view.ok, true);
+  assert.equal(view.steps, 6);
+  assert.equal(view.order, 6);
+  assert.equal(view.cells.length, 36);
+  assert.equal(view.trained, false);
+  view.sums.forEach((s) => assert.ok(Math.abs(s - 1) < 1e-9));
+  assert.equal(view.facts[0], "DSS \u00b7 NFE 6 \u00b7 6 steps \u00b7 K=6 \u00b7 \u00f7 \u03c3 \u00b7 combines x\u2080");
+  assert.equal(view.facts[1], "any model \u00b7 eps \u00b7 DDPM t \u2192 model \u03c3(t)");
+  assert.equal(view.facts[2], "searched on DiT-XL/2, ImageNet 256\u00b2");
+  assert.equal(view.facts[3], "from MCG-NJU/NeuralSolver@7188794 (MIT)");
+});
