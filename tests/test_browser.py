@@ -2,13 +2,16 @@
 
 * ``test_chart_page``: the drawing modules (web/lib) on a static page with the JS fixtures — needs only
   Chromium.
-* ``test_charts_in_comfyui``: a real ComfyUI server (tests/comfy_server.py) with the pack and the
-  current front end (``comfyui-frontend-package``); a workflow holding Load DyWeight Coefficients,
-  KSampler (DyWeight) and, when registered, Train DyWeight Coefficients is loaded by script; the charts
-  must appear, fed by the pack's routes, with no console error from the extension.
+* ``test_charts_in_comfyui[host|newest]``: a real ComfyUI server (tests/comfy_server.py) with the pack,
+  serving the ``comfyui-frontend-package`` the host pins or the newest one checked
+  (tests/requirements-frontend.txt), installed on demand by tests/frontends.py; a workflow holding Load
+  DyWeight Coefficients, KSampler (DyWeight) and, when registered, Train DyWeight Coefficients is loaded
+  by script; the charts must appear, fed by the pack's routes, the node help must show
+  web/docs/KSamplerDyWeight.md, and no console error may come from the extension.
 
-Both save a screenshot under pytest's tmp dir and print its path. They skip, with the reason printed,
-when Chromium (Debian: ``apt-get install chromium``) or a current host is missing.
+Both save screenshots under pytest's tmp dir and print their paths. They skip, with the reason printed,
+when Chromium (Debian: ``apt-get install chromium``) or a current host is missing; a front end that
+cannot be installed from PyPI counts as a missing host (a failure under COMFY_HOST_REQUIRED=1).
 """
 
 from __future__ import annotations
