@@ -7,7 +7,7 @@ in step with comfy-cli's, which publishes).
 
 import importlib
 import re
-import tomllib
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -15,6 +15,11 @@ import pytest
 import yaml
 
 import comfy_host
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the `test` extra installs tomli on Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATORS = {"GPU :: NVIDIA CUDA", "GPU :: AMD ROCm", "GPU :: Intel Arc", "NPU :: Huawei Ascend",
