@@ -2,13 +2,16 @@
 
 * ``test_chart_page``: the drawing modules (web/lib) on a static page with the JS fixtures — needs only
   Chromium.
-* ``test_charts_in_comfyui``: a real ComfyUI server (tests/comfy_server.py) with the pack and the
-  current front end (``comfyui-frontend-package``); a workflow holding Load DyWeight Coefficients,
-  KSampler (DyWeight) and, when registered, Train DyWeight Coefficients is loaded by script; the charts
-  must appear, fed by the pack's routes, with no console error from the extension.
+* ``test_charts_in_comfyui[host|newest]``: a real ComfyUI server (tests/comfy_server.py) with the pack,
+  serving the ``comfyui-frontend-package`` the host pins or the newest one checked
+  (tests/requirements-frontend.txt), installed on demand by tests/frontends.py; a workflow holding Load
+  DyWeight Coefficients, KSampler (DyWeight) and, when registered, Train DyWeight Coefficients is loaded
+  by script; the charts must appear, fed by the pack's routes, the node help must show
+  web/docs/KSamplerDyWeight.md, and no console error may come from the extension.
 
-Both save a screenshot under pytest's tmp dir and print its path. They skip, with the reason printed,
-when Chromium (Debian: ``apt-get install chromium``) or a current host is missing.
+Both save screenshots under pytest's tmp dir and print their paths. They skip, with the reason printed,
+when Chromium (Debian: ``apt-get install chromium``) or a current host is missing; a front end that
+cannot be installed from PyPI counts as a missing host (a failure under COMFY_HOST_REQUIRED=1).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import contextlib
 import fcntl
 import functools
 import http.server
-import importlib.util
 import json
 import os
 import shutil
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -317,14 +320,6 @@ def test_chart_page(browser, tmp_path):
 
 
 # --- 2: the extension inside a real ComfyUI ----------------------------------------------------------
-def _frontend_root():
-    spec = importlib.util.find_spec("comfyui_frontend_package")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    static = Path(list(spec.submodule_search_locations)[0]) / "static"
-    return static if (static / "index.html").is_file() else None
-
-
 def _trained_phi_file(folder: Path) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
@@ -352,7 +347,7 @@ WORKFLOW_SCRIPT = """
     mode: 0, inputs: [], outputs: [], properties: {} });
   await app.loadGraphData({ last_node_id: 3, last_link_id: 0, nodes, links: [], groups: [], config: {}, extra: {},
     version: 0.4 }, true, false);
-  app.canvas.ds.offset = [0, 0];
+  app.canvas.ds.offset = [10, 40];
   app.canvas.ds.scale = 1;
   app.canvas.setDirty(true, true);
   return JSON.stringify({ hasTrain, types: app.graph.nodes.map((n) => n.type) });
@@ -373,11 +368,53 @@ FEED_TRAINING = """
 """
 
 
-def test_charts_in_comfyui(browser, tmp_path):
+HELP_NODE = "KSamplerDyWeight"
+# Opens the front end's node help for a node of the loaded workflow, where this front end shows it: the
+# right side panel's Info tab for the selected node (newer front ends, which have a "rightSidePanel"
+# store), else the node library's help page ("?" next to a node; the "nodeHelp" store).
+OPEN_HELP = """
+(async () => {
+  const app = window.comfyAPI.app.app;
+  const stores = document.querySelector("#vue-app").__vue_app__.config.globalProperties.$pinia._s;
+  const node = app.graph.getNodeById(%(id)s);
+  if (stores.has("rightSidePanel")) {
+    app.canvas.deselectAll();
+    app.canvas.selectNode(node);
+    stores.get("rightSidePanel").openPanel("info");
+    return ["rightSidePanel", stores.get("nodeDef").nodeDefsByName[node.type].python_module];
+  }
+  if (stores.get("sidebarTab")?.activeSidebarTabId !== "node-library")
+    await app.extensionManager.command.execute("Workspace.ToggleSidebarTab.node-library");
+  for (let i = 0; i < 100 && !stores.has("nodeHelp"); i++) await new Promise((r) => setTimeout(r, 100));
+  const definition = stores.get("nodeDef").nodeDefsByName[node.type];
+  stores.get("nodeHelp").openHelp(definition);
+  return ["nodeHelp", definition.python_module];
+})()
+"""
+
+
+def _show_node_help(browser, server, graph_id, node_id, path):
+    """The node's help page: served from web/docs/ under the pack's folder and shown, rendered from that
+    markdown, by the front end's node help (OPEN_HELP); returns (where it was shown, screenshot)."""
+    page = (WEB / "docs" / f"{node_id}.md").read_text(encoding="utf-8")
+    with urllib.request.urlopen(f"{server.url}/extensions/{REPO.name}/docs/{node_id}.md", timeout=30) as reply:
+        assert reply.status == 200 and reply.read().decode("utf-8") == page
+    where, module = browser.evaluate(OPEN_HELP % {"id": graph_id})
+    assert module == f"custom_nodes.{REPO.name}", module
+    first_line = next(line for line in page.splitlines()[1:] if line.strip())
+    browser.wait_for(f"document.body.innerText.includes({json.dumps(first_line)})", timeout=30,
+                     what=f"the help panel to show {node_id}.md")
+    time.sleep(0.5)
+    return where, browser.screenshot(path)
+
+
+@pytest.mark.parametrize("which", ["host", "newest"])
+def test_charts_in_comfyui(browser, tmp_path, which):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
         import comfy_host
         import comfy_server
+        import frontends
     except ImportError as error:
         _skip(f"the test-host helpers are not importable: {error}")
     finally:
@@ -387,9 +424,13 @@ def test_charts_in_comfyui(browser, tmp_path):
         _skip(comfy_host.NO_HOST_REASON)
     if not (host / "comfy_api").is_dir():
         _skip(f"the ComfyUI at {host} is too old for the current front end")
-    frontend = _frontend_root()
-    if frontend is None:
-        _skip("comfyui-frontend-package is not installed (the host's requirements.txt pins it)")
+    version = frontends.versions(host)[which]
+    if version is None:
+        _skip(f"the ComfyUI at {host} pins no comfyui-frontend-package in its requirements.txt")
+    try:
+        frontend = frontends.frontend_root(version)
+    except RuntimeError as error:
+        comfy_host._skip(str(error), missing_host=True)
 
     base = tmp_path / "comfy"
     name = _trained_phi_file(base / "models" / "dyweight")
@@ -448,11 +489,21 @@ def test_charts_in_comfyui(browser, tmp_path):
             "          b: [b.view.title, b.view.origin, b.view.isReference] }; })())"))
         time.sleep(1.0)  # let the canvas and the DOM widgets settle
         shot = browser.screenshot(tmp_path / "dyweight_charts_comfyui.png")
+        help_where, help_shot = _show_node_help(browser, server, 2, HELP_NODE, tmp_path / "dyweight_help_comfyui.png")
         errors = browser.errors()
-    print(f"\n[test_browser] ComfyUI screenshot: {shot}\n[test_browser] nodes: {loaded}; charts: {facts}")
-    if errors:
-        print("[test_browser] console errors (not from the pack):\n  " + "\n  ".join(errors))
-    ours = [e for e in errors if "dyweight" in e.lower() or "/extensions/" in e]
+    print(f"\n[test_browser] comfyui-frontend-package {version} ({which}): screenshots {shot} and {help_shot} "
+          f"({HELP_NODE}.md shown via {help_where})"
+          f"\n[test_browser] nodes: {loaded}; charts: {facts}")
+    # The help panel asks for the page in the UI's locale first (docs/<NodeId>/en.md); the pack ships the
+    # locale-free docs/<NodeId>.md that the front end falls back to, so that first request is a 404.
+    locale_probe = f"/extensions/{REPO.name}/docs/{HELP_NODE}/"
+    expected = [e for e in errors if locale_probe in e and "404" in e]
+    if expected:
+        print("[test_browser] the front end's locale-specific help probe (404, expected):\n  " + "\n  ".join(expected))
+    others = [e for e in errors if e not in expected]
+    if others:
+        print("[test_browser] console errors (not from the pack):\n  " + "\n  ".join(others))
+    ours = [e for e in others if "dyweight" in e.lower() or "/extensions/" in e]
     assert ours == [], ours
     assert facts["a"][0] == name and facts["a"][1] == "file" and facts["a"][2] > 150
     assert facts["b"][0] == "ab-nfe5.safetensors" and facts["b"][2] is True
