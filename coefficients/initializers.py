@@ -46,11 +46,14 @@ def _coefficients(rows: list, order: int, afs: bool, final_denoise: bool, **meta
     return Coefficients(weights=weights, time_scale=torch.ones(len(rows), dtype=torch.float64), afs=afs, **metadata)
 
 
-def euler(nfe: int, *, afs: bool = False, **metadata) -> Coefficients:
-    """W = e_0 in every row: the Euler method (DDIM for ε-models)."""
+def euler(nfe: int, *, order: int = 1, afs: bool = False, **metadata) -> Coefficients:
+    """W = e_0 in every row: the Euler method (DDIM for ε-models), with a history window of ``order``
+    columns (zero beyond the newest; DSS starts from Euler with the full history, K = N)."""
+    if order < 1:
+        raise CoefficientError(f"order must be ≥ 1, got {order}")
     metadata.setdefault("training", {"initialiser": "euler"})
     steps = _steps_for(nfe, afs)
-    return _coefficients([(1.0,)] * steps, 1, afs, False, **metadata)
+    return _coefficients([(1.0,)] * steps, order, afs, False, **metadata)
 
 
 def adams_bashforth(nfe: int, order: int = MAX_ORDER, *, afs: bool = False, final_denoise: bool = True,

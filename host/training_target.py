@@ -177,10 +177,10 @@ def comfy_sampler(name: str, inner_model) -> Callable:
         raise ValueError(f"teacher sampler '{name}' is not one of this ComfyUI's samplers")
     sampler = comfy.samplers.sampler_object(name)
 
-    def solve(denoise, x, sigmas):
+    def solve(denoise, x, sigmas, callback=None):
         with torch.no_grad():
             return sampler.sampler_function(SamplerModel(denoise, inner_model), x, sigmas.to(x), extra_args={},
-                                            callback=None, disable=True, **sampler.extra_options)
+                                            callback=callback, disable=True, **sampler.extra_options)
 
     solve.__name__ = f"comfyui:{name}"
     return solve

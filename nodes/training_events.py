@@ -6,7 +6,8 @@ The trainer calls :func:`publish` with one event at a time::
     publish(node_id, {"kind": "train", "nfe": 5, "iteration": 10, "iterations": 500, "loss": 0.012, "eta_s": 61})
     publish(node_id, {"kind": "validation", "nfe": 5, "iteration": 100, "val_rmse": 0.031, "best": 0.031})
     publish(node_id, {"kind": "done", "nfe": 5, "table": [{"solver": "dyweight", "nfe": 5, "rmse": 0.03, "psnr": 30.4}]})
-    # (or the trainer's own row: {"nfe": 5, "dyweight": 0.03, "init": 0.05, "baselines": {"ipndm": 0.06}})
+    # (or the trainer's own row: {"nfe": 5, "solver": "dss", "rmse": 0.03, "baselines": {"ipndm": 0.06},
+    #  "families": {"dss": {"rmse": 0.03, "init": 0.05}, "dyweight": {"rmse": 0.04, "init": 0.05}}})
     publish(node_id, {"kind": "error", "message": "..."})
 
 Each event is folded into a per-node state (bounded: at most ``MAX_POINTS`` points per curve, at most
@@ -196,12 +197,17 @@ def clean_event(event: dict) -> dict:
 
 def table_rows(table, nfe=None) -> list:
     """``[{solver, nfe, rmse, psnr?}, ...]`` from a list of such rows, one such row, or the trainer's
-    per-NFE row ``{"nfe", "dyweight", "init", "baselines": {name: rmse}}`` (trainer/result.py)."""
+    per-NFE row ``{"nfe", "solver", "rmse", "families": {family: {"rmse", "init", …}}, "baselines": {name:
+    rmse}}`` (trainer/result.py): each family, its initialisation (``<family> init``), each baseline."""
     if isinstance(table, dict):
-        if "solver" in table:
-            return [table]
+        if not isinstance(table.get("families"), dict):
+            return [table] if "solver" in table else []
         row_nfe = table.get("nfe", nfe)
-        rows = [{"solver": name, "nfe": row_nfe, "rmse": table[name]} for name in ("dyweight", "init") if name in table]
+        rows = []
+        for family, figures in table["families"].items():
+            if isinstance(figures, dict):
+                rows += [{"solver": family, "nfe": row_nfe, "rmse": figures.get("rmse")},
+                         {"solver": f"{family} init", "nfe": row_nfe, "rmse": figures.get("init")}]
         baselines = table.get("baselines")
         if isinstance(baselines, dict):
             rows += [{"solver": name, "nfe": row_nfe, "rmse": rmse} for name, rmse in baselines.items()]

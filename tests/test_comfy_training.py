@@ -41,7 +41,7 @@ def test_adapter_distils_a_phi_that_beats_its_initialisation_and_samples(adapter
     target = two_prompt_target(adapter, inference_mode_model)
     result = adapter.distill_for_comfy(target, cache_dir=tmp_path, progress=lambda event: None, nfe=[3], **SMALL)
     row = result.table[0]
-    assert row["dyweight"] < row["init"], row
+    assert row["rmse"] < row["init"], row
     assert set(row["baselines"]) >= {"euler", "dpmpp_2m"}
     phi = result.coefficients[3]
     assert (phi.model_family, phi.prediction, phi.cfg) == ("SD15", "eps", 3.0)

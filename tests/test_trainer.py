@@ -13,8 +13,8 @@ from comfyui_dyweight.coefficients import (
     Coefficients, SamplingError, adams_bashforth, dyweight_sample, edm_sigmas, shifted_times)
 from comfyui_dyweight.trainer import TEACHERS, DistillConfig, ModelSource, TrainingInterrupted, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture, gaussian_denoiser
-from comfyui_dyweight.trainer.optimise import (
-    TIME_FLOOR, Student, batch_gradients, endpoint_loss, initial_parameters)
+from comfyui_dyweight.trainer.optimise import batch_gradients
+from comfyui_dyweight.trainer.students import TIME_FLOOR, DyWeightStudent, endpoint_loss
 from comfyui_dyweight.trainer.pairs import PairSet, draw_noise
 from comfyui_dyweight.trainer.teachers import sample_heun
 
@@ -57,7 +57,7 @@ def trained(mixture):
 
 def test_loss_falls_and_trained_phi_beats_adams_bashforth_on_new_seeds(mixture, trained):
     for nfe in (3, 4):
-        losses = [loss for _, loss in trained.history[nfe]["train"]]
+        losses = [loss for _, loss in trained.history[nfe]["dyweight"]["train"]]
         assert sum(losses[-20:]) < 0.5 * sum(losses[:20]), nfe
     fresh = latents(48, mixture.dim, 99)  # seeds never seen in training or validation
     exact = mixture.ode_solution(fresh, SIGMA_MAX, 0.0, steps=400)
@@ -74,8 +74,8 @@ def test_result_records_table_and_never_worse_than_init_on_held_out(mixture, tra
         nfe = row["nfe"]
         phi = trained.coefficients[nfe]
         init = adams_bashforth(nfe, 3)
-        assert held_out_rmse(phi, mixture.denoise, held_out, karras(nfe)) == pytest.approx(row["dyweight"], rel=1e-9)
-        assert row["dyweight"] <= held_out_rmse(init, mixture.denoise, held_out, karras(nfe))
+        assert held_out_rmse(phi, mixture.denoise, held_out, karras(nfe)) == pytest.approx(row["rmse"], rel=1e-9)
+        assert row["rmse"] <= held_out_rmse(init, mixture.denoise, held_out, karras(nfe))
         assert set(row["baselines"]) == {"euler", "ipndm", "dpmpp_2m"}
         ipndm = dyweight_sample(mixture.denoise, held_out.noise, karras(nfe), adams_bashforth(nfe))
         assert row["baselines"]["ipndm"] == pytest.approx(rmse(ipndm, held_out.target), rel=1e-9)
@@ -117,32 +117,35 @@ def test_nan_from_the_denoiser_stops_training_and_keeps_the_last_good_phi(mixtur
     assert any("NFE 3" in note and "stopped at iteration 51" in note and "NaN" in note for note in result.notes)
     phi = result.coefficients[3]
     assert torch.isfinite(phi.weights).all() and torch.isfinite(phi.time_scale).all()
-    validated = dict((i, r) for i, r in result.history[3]["validation"])
-    assert max(validated) <= 50 and row["dyweight"] == min(validated.values())
+    validated = dict((i, r) for i, r in result.history[3]["dyweight"]["validation"])
+    assert max(validated) <= 50 and row["rmse"] == min(validated.values())
     held_out = result.validation_pairs
-    assert held_out_rmse(phi, mixture.denoise, held_out, karras(3)) == pytest.approx(row["dyweight"], rel=1e-9)
-    assert row["dyweight"] < held_out_rmse(adams_bashforth(3, 3), mixture.denoise, held_out, karras(3))
+    assert held_out_rmse(phi, mixture.denoise, held_out, karras(3)) == pytest.approx(row["rmse"], rel=1e-9)
+    assert row["rmse"] < held_out_rmse(adams_bashforth(3, 3), mixture.denoise, held_out, karras(3))
 
 
 def test_projection_keeps_the_running_time_positive_and_leaves_feasible_phi_alone(mixture):
     sigmas = karras(4)
     init = adams_bashforth(4, 3)
-    feasible = Student(init, init.weights.float(), torch.zeros(4))
+    def student(weights):
+        return DyWeightStudent(init, {"weights": weights, "log_scale": torch.zeros(4)}, sigmas)
+
+    feasible = student(init.weights.float())
     before = feasible.weights.detach().clone()
-    feasible.keep_time_positive(sigmas)
+    feasible.after_step()
     assert torch.equal(feasible.weights.detach(), before)
 
     overshooting = before.clone()
     overshooting[:3, 0] += torch.tensor([0.3, 1.5, 2.0])  # rows sum far above 1: t̃ would go negative
     x = latents(4, mixture.dim, 8)
     with pytest.raises(SamplingError):
-        dyweight_sample(mixture.denoise, x, sigmas, Student(init, overshooting, torch.zeros(4)).phi())
-    student = Student(init, overshooting, torch.zeros(4))
-    student.keep_time_positive(sigmas)
-    times = shifted_times(student.phi().weights.double(), sigmas)
+        dyweight_sample(mixture.denoise, x, sigmas, student(overshooting).phi())
+    projected = student(overshooting)
+    projected.after_step()
+    times = shifted_times(projected.phi().weights.double(), sigmas)
     assert (times[1:] >= 0.99 * TIME_FLOOR * sigmas[1:4]).all()  # on the floor, up to float32 rounding
-    assert torch.equal(student.weights.detach()[:, 1:], overshooting[:, 1:])  # only the newest weight moves
-    assert torch.isfinite(dyweight_sample(mixture.denoise, x, sigmas, student.phi())).all()
+    assert torch.equal(projected.weights.detach()[:, 1:], overshooting[:, 1:])  # only the newest weight moves
+    assert torch.isfinite(dyweight_sample(mixture.denoise, x, sigmas, projected.phi())).all()
 
 
 def counting_teacher(calls):
@@ -226,7 +229,8 @@ def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(
     pairs = distill(ModelSource(net, noise, karras), SMALL.with_given(iterations=0, teacher_steps=8),
                     progress=quiet).pairs
     batch = pairs.subset(slice(0, 8))
-    student = Student(adams_bashforth(3, 3), *initial_parameters(adams_bashforth(3, 3)))
+    init = adams_bashforth(3, 3)
+    student = DyWeightStudent(init, DyWeightStudent.initial_state(init), karras(3))
     whole = torch.autograd.grad(endpoint_loss(net, batch, karras(3), student.phi(), False), student.parameters)
     differentiated_rows = []
 
@@ -237,7 +241,7 @@ def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(
 
     config = DistillConfig(iterations=1, batch_size=8, lr=0.1, validation_every=1, seed=0, checkpointing=True,
                            micro_batch_size=3, sampling_batch_size=8)  # 3 + 3 + 2: the last micro-batch is smaller
-    loss, accumulated = batch_gradients(student, recording, batch, karras(3), config)
+    loss, accumulated = batch_gradients(student, recording, batch, config)
     assert loss == pytest.approx(float(endpoint_loss(net, batch, karras(3), student.phi(), False).detach()), rel=1e-12)
     for expected, got in zip(whole, accumulated):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7) and expected.abs().sum() > 0
@@ -339,4 +343,4 @@ def test_interrupting_without_a_state_dir_still_returns_the_best_so_far(mixture)
         distill(ModelSource(mixture.denoise, latents(40, mixture.dim, 7), karras), SMALL.with_given(nfe=[3, 4]),
                 progress=stop_at_40)
     assert list(caught.value.result.coefficients) == [3] and caught.value.state_path is None
-    assert caught.value.result.history[3]["train"][-1][0] == 40
+    assert caught.value.result.history[3]["dyweight"]["train"][-1][0] == 40

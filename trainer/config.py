@@ -15,6 +15,8 @@ from ..coefficients.phi import DIVISORS
 
 #: A trainer solver: ``solve(denoise, x, sigmas) -> x0`` (see :mod:`.teachers`).
 Solver = Callable
+#: What ``solver`` may be: one family, or both (keeping the better per NFE).
+SOLVERS = ("dyweight", "dss", "both")
 #: Settings that change how a run is computed but not its result (up to float rounding), so a resume
 #: may change them — e.g. smaller micro-batches after running out of memory.
 EXECUTION_ONLY = ("micro_batch_size", "sampling_batch_size", "checkpointing")
@@ -26,6 +28,11 @@ class DistillConfig:
 
     Student (Eqs. 6–9):
         nfe: the NFE targets (model calls per sample), trained one after another on the same pairs.
+        solver: the family learned — ``"dyweight"`` (W and s on the model's grid, endpoint loss),
+            ``"dss"`` (Differentiable Solver Search, arXiv 2505.21114: the grid and full-history
+            coefficients whose rows sum to one, path loss; it ignores ``order``, ``afs``, ``divisor`` and
+            ``variable_step_init``), or ``"both"``: each on the same pairs, keeping per NFE the one with
+            the lower held-out error.
         order: K, the gradient history (default 3, the paper's pixel-space choice).
         afs: the analytical first step (one model call fewer).
         divisor: ``"sigma"`` or ``"net_sigma"`` (Eq. 7), as in the released tables.
@@ -54,6 +61,7 @@ class DistillConfig:
     """
 
     nfe: Sequence[int] = (3, 4, 5)
+    solver: str = "dyweight"
     order: int = 3
     afs: bool = False
     divisor: str = "sigma"
@@ -80,6 +88,8 @@ class DistillConfig:
         targets = self.nfe
         if not targets or any(not isinstance(n, int) or n < 1 for n in targets) or len(set(targets)) != len(targets):
             raise ValueError(f"nfe must be distinct integers ≥ 1, got {list(targets)}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.order < 1:
             raise ValueError(f"order (K) must be ≥ 1, got {self.order}")
         if self.divisor not in DIVISORS:
@@ -108,6 +118,11 @@ class DistillConfig:
     def validation_interval(self) -> int:
         """Iterations between held-out checks."""
         return self.validation_every or max(1, self.iterations // 20)
+
+    @property
+    def families(self) -> tuple:
+        """The solver families this run trains."""
+        return ("dyweight", "dss") if self.solver == "both" else (self.solver,)
 
     @property
     def teacher_name(self) -> str:

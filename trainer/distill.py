@@ -16,14 +16,15 @@ from typing import Callable, Optional
 
 import torch
 
-from ..coefficients import Coefficients, initial_coefficients
+from ..coefficients import Coefficients, euler, initial_coefficients
 from . import optimise
 from .config import DistillConfig
 from .pairs import PairSet, TeacherRun, cache_path, draw_noise, pairs_key, teacher_pairs
 from .progress import Reporter, TrainingInterrupted
-from .result import DistillResult, history, table_row, trained_phi
+from .result import DistillResult, family_row, history, trained_phi
 from .source import ModelSource
 from .state import NfeRun, load_state, save_state, state_path
+from .students import DSSStudent, DyWeightStudent, ScheduleTime, student_class
 from .teachers import Teacher, default_baselines, resolve_teacher
 
 #: Coefficients fields the trainer owns; a source's ``phi_fields`` may set the others.
@@ -92,12 +93,14 @@ class _Distillation:
     state_dir: Optional[Path]
     reporter: Reporter
     notes: list = dataclasses.field(default_factory=list)
-    runs: dict = dataclasses.field(default_factory=dict)  # NFE → last consistent NfeRun
+    runs: dict = dataclasses.field(default_factory=dict)  # NfeRun.key → last consistent NfeRun
     resume_key: dict = dataclasses.field(default_factory=dict)
     teacher_run: Optional[TeacherRun] = None
     validation_index: Optional[torch.Tensor] = None
     teacher: Teacher = dataclasses.field(init=False)
     baselines: dict = dataclasses.field(init=False)
+    baseline_figures: dict = dataclasses.field(default_factory=dict)  # NFE → the baselines' held-out RMSE
+    schedule_time: Optional[ScheduleTime] = None  # DSS: the schedule as a function of its own time
 
     def __post_init__(self):
         self.teacher = resolve_teacher(self.config.teacher, self.model.teachers)
@@ -112,10 +115,13 @@ class _Distillation:
             self.runs = load_state(self.state_dir, self.resume_key)
         try:
             self.teacher_run = self.run_teacher(plan)
+            self.schedule_time = ScheduleTime(plan.sigmas) if "dss" in self.config.families else None
             train_index, self.validation_index = self._split(len(plan.inputs))
             pairs = self.teacher_run.pairs
             for nfe in self.config.nfe:
-                self._train(nfe, pairs.subset(train_index), pairs.subset(self.validation_index))
+                for family in self.config.families:
+                    self._train(family, nfe, pairs.subset(train_index), pairs.subset(self.validation_index))
+                self.reporter.done(nfe, self._table_row(nfe))
         except (KeyboardInterrupt, TrainingInterrupted):
             path = self._save_state() if self.state_dir is not None else None
             where = f"state saved to {path}; resume=True continues" if path else "no state_dir: nothing saved"
@@ -127,45 +133,57 @@ class _Distillation:
         """The pairs' inputs (noise, seeds, labels), the teacher's grid, the cache key and file."""
         latents, seeds, labels = draw_noise(self.model.noise, self.config.pairs, self.model.conditions)
         sigmas = self._checked_grid(self.config.teacher_steps, "the teacher")
-        key = pairs_key(self.model.cache_key, self.teacher, sigmas, latents, labels)
+        key = pairs_key(self.model.cache_key, self.teacher, sigmas, latents, labels, path=self.needs_path)
         return _PairsPlan(PairSet(seeds, latents, None, labels), sigmas, key, self._pairs_store(cache_dir, key))
 
     def run_teacher(self, plan: "_PairsPlan") -> TeacherRun:
         """The pairs of ``plan``: from its cache file, or the teacher run from its noise."""
         inputs = plan.inputs
         return teacher_pairs(self.model.denoise, inputs.noise, inputs.seeds, inputs.labels, self.teacher, plan.sigmas,
-                             self.config.sampling_batch, plan.key, plan.store, self.reporter)
+                             self.config.sampling_batch, plan.key, plan.store, self.reporter, path=self.needs_path)
 
-    def _train(self, nfe: int, train_pairs: PairSet, validation_pairs: PairSet) -> None:
-        """Algorithm 1 for one NFE target, from scratch or from its saved run."""
-        sigmas = self._checked_grid(nfe + int(self.config.afs), f"NFE {nfe}")
-        template = self._template(nfe, sigmas)
-        saved = self.runs.get(nfe)
+    @property
+    def needs_path(self) -> bool:
+        """Whether a family learned here supervises the student's path (DSS), not only its endpoint."""
+        return any(student_class(family).needs_path for family in self.config.families)
+
+    def _train(self, family: str, nfe: int, train_pairs: PairSet, validation_pairs: PairSet) -> None:
+        """Learn one family's Φ for one NFE target, from scratch or from its saved run."""
+        template = self._template(family, nfe)
+        saved = self.runs.get(f"{family}-nfe{nfe}")
         if saved is not None and saved.row is not None:
             return  # finished before the interruption
-        run = self._start(nfe, template, sigmas, validation_pairs) if saved is None else saved.snapshot()
-        optimise.train(run, template, sigmas, self.model.denoise, train_pairs, validation_pairs, self.config,
-                       self.reporter, self._commit)
+        run = self._start(family, nfe, template, validation_pairs) if saved is None else saved.snapshot()
+        optimise.train(run, self._student(family, template, run.parameters), self.model.denoise, train_pairs,
+                       validation_pairs, self.config, self.reporter, self._commit)
         if run.best_iteration == 0 and run.iteration:
-            run.notes.append(f"NFE {nfe}: training did not improve the held-out RMSE of the initialisation "
-                             f"({run.init_rmse:.4g}); returned the initialisation")
-        run.row = table_row(run, self._baseline_rmse(nfe, validation_pairs, run.notes))
+            run.notes.append(f"{family} NFE {nfe}: training did not improve the held-out RMSE of the "
+                             f"initialisation ({run.init_rmse:.4g}); returned the initialisation")
+        run.row = family_row(run, self._baseline_rmse(nfe, validation_pairs, run.notes))
         self._commit(run.snapshot(), True)
-        self.reporter.done(nfe, run.row)
 
-    def _start(self, nfe: int, template: Coefficients, sigmas, validation_pairs: PairSet) -> NfeRun:
-        weights, log_scale = optimise.initial_parameters(template)
-        rmse = optimise.phi_rmse(template, sigmas, self.model.denoise, validation_pairs, self.config.sampling_batch)
+    def _student(self, family: str, template: Coefficients, state: Optional[dict] = None):
+        """The trainable student of ``family`` on ``template``, at ``state`` (default: its initial state)."""
+        if family == "dss":
+            return DSSStudent(template, state or DSSStudent.initial_state(template, self.schedule_time),
+                              self.schedule_time)
+        return DyWeightStudent(template, state or DyWeightStudent.initial_state(template),
+                               self._checked_grid(template.steps, f"NFE {template.nfe}"))
+
+    def _start(self, family: str, nfe: int, template: Coefficients, validation_pairs: PairSet) -> NfeRun:
+        student = self._student(family, template)
+        rmse = optimise.phi_rmse(template, optimise.evaluation_grid(student, template), self.model.denoise,
+                                 validation_pairs, self.config.sampling_batch)
         if not math.isfinite(rmse):
-            raise ValueError(f"NFE {nfe}: the initial Φ gives NaN/Inf on the held-out pairs; check the model")
-        run = NfeRun(nfe=nfe, weights=weights, log_scale=log_scale, best_weights=template.weights,
-                     best_time_scale=template.time_scale, best_rmse=rmse, init_rmse=rmse, validation=[[0, rmse]])
+            raise ValueError(f"{family} NFE {nfe}: the initial Φ gives NaN/Inf on the held-out pairs; check the model")
+        run = NfeRun(family=family, nfe=nfe, parameters=student.state(), best=optimise.best_tensors(template),
+                     best_rmse=rmse, init_rmse=rmse, validation=[[0, rmse]])
         self._commit(run.snapshot(), False)
         self.reporter.validation(nfe, 0, rmse, rmse)
         return run
 
     def _commit(self, run: NfeRun, save: bool) -> None:
-        self.runs[run.nfe] = run
+        self.runs[run.key] = run
         if save and self.state_dir is not None:
             self._save_state()
 
@@ -184,16 +202,26 @@ class _Distillation:
                              f"{self.resume_key['sigma_max']:g}: every grid must start where the noise is")
         return sigmas
 
-    def _template(self, nfe: int, sigmas: torch.Tensor) -> Coefficients:
-        """The initial Φ with the caller's fields, exactly as the student first evaluates it."""
+    def _template(self, family: str, nfe: int) -> Coefficients:
+        """The initial Φ of ``family`` with the caller's fields, exactly as the student first evaluates it:
+        DyWeight's Adams–Bashforth rows on the model's (NFE + AFS)-step grid, or DSS's Euler rows (K = N)
+        on its NFE-step grid, stored with the Φ since it is learned."""
         config = self.config
-        init = initial_coefficients(nfe, config.order, sigmas=sigmas, variable_step=config.variable_step_init,
-                                    afs=config.afs, divisor=config.divisor, final_denoise=float(sigmas[-1]) == 0.0)
-        fields = {"schedule": {"kind": "explicit"}, **self.model.phi_fields, "sigmas": sigmas.float()}
-        fields["training"] = {**(fields.get("training") or {}),
-                              "initialiser": _initialiser_name(config.variable_step_init, config.order)}
-        init = dataclasses.replace(init, **fields)
-        return optimise.Student(init, *optimise.initial_parameters(init)).phi().detached()
+        if family == "dss":
+            sigmas = self._checked_grid(nfe, f"NFE {nfe}")
+            init = euler(nfe, order=nfe, solver="dss")
+            fields = {**self.model.phi_fields, "schedule": {"kind": "explicit"}}
+            initialiser = "euler"
+        else:
+            sigmas = self._checked_grid(nfe + int(config.afs), f"NFE {nfe}")
+            init = initial_coefficients(nfe, config.order, sigmas=sigmas, variable_step=config.variable_step_init,
+                                        afs=config.afs, divisor=config.divisor,
+                                        final_denoise=float(sigmas[-1]) == 0.0)
+            fields = {"schedule": {"kind": "explicit"}, **self.model.phi_fields}
+            initialiser = _initialiser_name(config.variable_step_init, config.order)
+        fields["training"] = {**(fields.get("training") or {}), "initialiser": initialiser}
+        init = dataclasses.replace(init, **fields, sigmas=sigmas.float())
+        return self._student(family, init).phi().detached()
 
     def _split(self, count: int):
         held_out = max(1, round(count * self.config.validation_fraction))
@@ -211,7 +239,10 @@ class _Distillation:
         return None if self.state_dir is None else cache_path(self.state_dir, key)
 
     def _baseline_rmse(self, nfe: int, pairs: PairSet, notes: list) -> dict:
-        figures = {}
+        """The baselines' held-out RMSE at ``nfe`` (computed once per NFE, whatever the families)."""
+        if nfe in self.baseline_figures:
+            return self.baseline_figures[nfe]
+        figures = self.baseline_figures[nfe] = {}
         for name, baseline in self.baselines.items():
             try:
                 rmse = optimise.held_out_rmse(lambda model, x: baseline(model, x, nfe), self.model.denoise, pairs,
@@ -229,25 +260,41 @@ class _Distillation:
         return json.loads(json.dumps(key))
 
     # --- the result --------------------------------------------------------------------------
+    def _table_row(self, nfe: int) -> Optional[dict]:
+        """The NFE's validation-table row: the kept family's figures, each family's under ``families``."""
+        rows = {family: self.runs[f"{family}-nfe{nfe}"].row for family in self.config.families
+                if f"{family}-nfe{nfe}" in self.runs}
+        if len(rows) < len(self.config.families) or None in rows.values():
+            return None
+        kept = min(rows, key=lambda family: rows[family]["rmse"])
+        return {**rows[kept], "families": {family: {k: v for k, v in row.items() if k != "baselines"}
+                                           for family, row in rows.items()}}
+
     def _result(self, state_path: Optional[Path]) -> DistillResult:
         facts = {**self.config.record(), "teacher": self.teacher.name}
         if self.teacher_run is not None:
             facts.update(pairs=len(self.teacher_run.pairs), validation_pairs=len(self.validation_index))
-        coefficients, table, histories, notes = {}, [], {}, list(self.notes)
+        coefficients, candidates, table, histories, notes = {}, {}, [], {}, list(self.notes)
         for nfe in self.config.nfe:
-            run = self.runs.get(nfe)
-            if run is None:
+            runs = {family: self.runs[f"{family}-nfe{nfe}"] for family in self.config.families
+                    if f"{family}-nfe{nfe}" in self.runs}
+            if not runs:
                 continue
-            sigmas = self._checked_grid(nfe + int(self.config.afs), f"NFE {nfe}")
-            coefficients[nfe] = trained_phi(run, self._template(nfe, sigmas), facts)
-            histories[nfe] = history(run)
-            notes.extend(run.notes)
-            if run.row is not None:
-                table.append(run.row)
+            candidates[nfe] = {family: trained_phi(run, self._template(family, nfe), facts)
+                               for family, run in runs.items()}
+            kept = min(runs, key=lambda family: runs[family].best_rmse)
+            coefficients[nfe] = candidates[nfe][kept]
+            histories[nfe] = {family: history(run) for family, run in runs.items()}
+            notes.extend(note for run in runs.values() for note in run.notes)
+            row = self._table_row(nfe)
+            if row is not None:
+                table.append(row)
         timings = {"teacher_s": None if self.teacher_run is None else self.teacher_run.seconds,
                    "teacher_cache_hit": None if self.teacher_run is None else self.teacher_run.cache_hit,
-                   "optimisation_s": {nfe: run.seconds for nfe, run in self.runs.items()}}
-        return DistillResult(coefficients=coefficients, table=table, history=histories, timings=timings, notes=notes,
+                   "optimisation_s": {nfe: sum(run.seconds for run in self.runs.values() if run.nfe == nfe)
+                                      for nfe in self.config.nfe}}
+        return DistillResult(coefficients=coefficients, candidates=candidates, table=table, history=histories,
+                             timings=timings, notes=notes,
                              pairs=None if self.teacher_run is None else self.teacher_run.pairs,
                              validation_index=self.validation_index, state_path=state_path)
 

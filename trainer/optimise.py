@@ -1,12 +1,9 @@
-"""Endpoint distillation of one Φ (paper Algorithm 1): Adam on W and s against the teacher's x0.
+"""The optimisation loop of one Φ (DyWeight, arXiv 2603.11607, Algorithm 1, lines 3–8): Adam with a
+linear warm-up and cosine decay, gradient clipping, held-out checks that keep the best Φ.
 
-The student runs the one DyWeight update rule (:func:`dyweight_sample`) from the teacher's noise x_T on
-its own N-step grid; the loss is the mean squared error between its endpoint and the teacher's
-(Algorithm 1, line 6: ‖x0_student − x0_teacher‖², averaged over the batch and the latent's elements).
-W is trained in full below its diagonal (rows need not sum to one: the implicit time shift of Eq. 8);
-the time scales are trained as log s, so s > 0 always. After each Adam step a projection keeps the
-running time above ``TIME_FLOOR``·σ_n (the update rule needs t̃ > 0 and a few-step grid that ends at
-σ_min then 0 leaves almost no room before its penultimate point).
+The student (:mod:`.students`: DyWeight's W and s, or DSS's grid and coefficients) runs the one update
+rule (:func:`dyweight_sample`) from the teacher's noise x_T; its family's loss compares it with the
+teacher (DyWeight: the endpoint, Algorithm 1, line 6; DSS: the path and the endpoint).
 
 A mini-batch may be split into micro-batches whose gradients are summed before the Adam step: the
 same step (up to float rounding) with the activation memory of one micro-batch, which is what lets a
@@ -18,16 +15,14 @@ saved state finishes bit for bit as if it had never stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
 from typing import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from ..coefficients import Coefficients, CoefficientError, SamplingError, dyweight_sample, shifted_times
+from ..coefficients import Coefficients, CoefficientError, SamplingError, dyweight_sample
 from .config import DistillConfig
 from .pairs import PairSet
 from .progress import Reporter
@@ -37,47 +32,6 @@ from .state import NfeRun
 WARMUP_FRACTION = 0.05
 #: Gradients are clipped to this global L2 norm before each Adam step.
 MAX_GRAD_NORM = 1.0
-#: The running time is kept at t̃_n ≥ TIME_FLOOR·σ_n (n ≥ 1) by projecting the weight rows.
-TIME_FLOOR = 0.1
-
-
-class Student:
-    """The trainable Φ of one NFE: W (masked to the available history) and log s, on top of ``template``."""
-
-    def __init__(self, template: Coefficients, weights: torch.Tensor, log_scale: torch.Tensor):
-        self.template = template
-        self.weights = weights.detach().clone().requires_grad_(True)
-        self.log_scale = log_scale.detach().clone().requires_grad_(True)
-        self.mask = torch.ones_like(self.weights).tril()  # column k ≤ row n: gradients that exist
-
-    @property
-    def parameters(self) -> list:
-        return [self.weights, self.log_scale]
-
-    def phi(self) -> Coefficients:
-        """The current Φ (differentiable in the parameters)."""
-        return dataclasses.replace(self.template, weights=self.weights * self.mask, time_scale=self.log_scale.exp())
-
-    @torch.no_grad()
-    def keep_time_positive(self, sigmas: torch.Tensor) -> None:
-        """Project W so that t̃_n ≥ TIME_FLOOR·σ_n (up to rounding) for every queried step.
-
-        t̃_n is linear in the row sum of row n − 1 (Eq. 8): front to back, a row that overshoots gets
-        the newest-gradient weight that puts t̃_n on the floor (later rows do not move earlier times).
-        """
-        grid = sigmas.double()
-        floor = TIME_FLOOR * grid
-        for n in range(1, self.weights.shape[0]):
-            times = shifted_times((self.weights * self.mask).double(), grid)
-            if times[n] >= floor[n]:
-                continue
-            needed = (floor[n] - times[n - 1]) / (grid[n] - times[n - 1])
-            self.weights[n - 1, 0] += float(needed - (self.weights[n - 1] * self.mask[n - 1]).double().sum())
-
-
-def initial_parameters(init: Coefficients) -> tuple:
-    """float32 (W, log s) of the initial Φ: the exact values the init is evaluated and returned with."""
-    return init.weights.detach().float(), init.time_scale.detach().float().log()
 
 
 def learning_rate(iteration: int, config: DistillConfig) -> float:
@@ -97,24 +51,6 @@ def batch_indices(config: DistillConfig, nfe: int, iteration: int, count: int) -
     return torch.randperm(count, generator=generator)[:config.batch_size].sort().values
 
 
-def checkpointed(denoise: Callable) -> Callable:
-    """``denoise`` recomputed in the backward pass instead of storing its activations (one model call
-    of memory per step instead of N)."""
-
-    def call(x, sigma):
-        return checkpoint(denoise, x, sigma, use_reentrant=False)
-
-    return call
-
-
-def endpoint_loss(denoise: Callable, batch: PairSet, sigmas: torch.Tensor, phi: Coefficients,
-                  checkpointing: bool) -> torch.Tensor:
-    """Algorithm 1, line 6: mean squared distance of the student's endpoint to the teacher's."""
-    model = batch.bind(denoise)
-    endpoint = dyweight_sample(checkpointed(model) if checkpointing else model, batch.noise, sigmas, phi)
-    return (endpoint - batch.target).pow(2).mean()
-
-
 @torch.no_grad()
 def held_out_rmse(solve: Callable, denoise: Callable, pairs: PairSet, batch_size: int) -> float:
     """RMSE to the teacher, per latent element, of ``solve(denoise, x_T) -> x0`` over ``pairs``."""
@@ -132,36 +68,44 @@ def phi_rmse(phi: Coefficients, sigmas: torch.Tensor, denoise: Callable, pairs: 
     return held_out_rmse(lambda model, x: dyweight_sample(model, x, sigmas, phi), denoise, pairs, batch_size)
 
 
-def train(run: NfeRun, template: Coefficients, sigmas: torch.Tensor, denoise: Callable, train_pairs: PairSet,
-          validation_pairs: PairSet, config: DistillConfig, reporter: Reporter,
-          commit: Callable[[NfeRun, bool], None]) -> None:
+def evaluation_grid(student, phi: Coefficients) -> torch.Tensor:
+    """The grid a saved Φ runs on: a DyWeight student's fixed float64 grid, a DSS Φ's own stored grid."""
+    return phi.sigmas.double() if student.family == "dss" else student.sigmas
+
+
+def best_tensors(phi: Coefficients) -> dict:
+    """The tensors of a (detached) Φ that a run keeps as its best."""
+    return {"weights": phi.weights, "time_scale": phi.time_scale, "sigmas": phi.sigmas}
+
+
+def train(run: NfeRun, student, denoise: Callable, train_pairs: PairSet, validation_pairs: PairSet,
+          config: DistillConfig, reporter: Reporter, commit: Callable[[NfeRun, bool], None]) -> None:
     """Optimise ``run`` from its current iteration to ``config.iterations`` (Algorithm 1, lines 3–8).
 
     After every iteration ``commit(snapshot, validated)`` receives a consistent copy of the run (what an
     interruption saves). A non-finite loss or gradient, or a Φ the update rule refuses, stops this NFE
     (``status = "stopped"``) and keeps the best Φ so far.
     """
-    student = Student(template, run.weights, run.log_scale)
     optimizer = torch.optim.Adam(student.parameters, lr=config.lr)
     if run.adam:
         optimizer.load_state_dict({"state": _unflatten(run.adam), "param_groups": optimizer.state_dict()["param_groups"]})
-    reporter.begin(f"NFE {run.nfe}", run.iteration, config.iterations)
+    reporter.begin(f"{run.family} NFE {run.nfe}", run.iteration, config.iterations)
     clock = time.monotonic()
     while run.iteration < config.iterations and run.status == "training":
         iteration = run.iteration
         batch = train_pairs.subset(batch_indices(config, run.nfe, iteration, len(train_pairs)))
         try:
-            loss = _step(student, optimizer, learning_rate(iteration, config), denoise, batch, sigmas, config)
+            loss = _step(student, optimizer, learning_rate(iteration, config), denoise, batch, config)
         except Diverged as error:
             _stop(run, iteration + 1, str(error))
             break
         run.train_loss.append(loss)
-        run.weights, run.log_scale = student.weights.detach(), student.log_scale.detach()
+        run.parameters = student.state()
         run.adam = _flatten(optimizer.state_dict()["state"])
         run.iteration = iteration + 1
         validated = run.iteration % config.validation_interval == 0 or run.iteration == config.iterations
         if validated:
-            _validate_and_keep_best(run, student, sigmas, denoise, validation_pairs, config)
+            _validate_and_keep_best(run, student, denoise, validation_pairs, config)
         run.seconds += time.monotonic() - clock
         clock = time.monotonic()
         commit(run.snapshot(), validated)
@@ -177,14 +121,14 @@ class Diverged(Exception):
     """No step could be taken from the current Φ (the message says why)."""
 
 
-def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, config: DistillConfig) -> tuple:
-    """The mini-batch loss and its gradients in (W, log s), accumulated over micro-batches.
+def batch_gradients(student, denoise, batch: PairSet, config: DistillConfig) -> tuple:
+    """The mini-batch loss and its gradients in the student's parameters, accumulated over micro-batches.
 
     A micro-batch's mean loss enters with weight (its size / the batch's): every pair has as many
     latent elements as any other, so the weighted sum is the batch mean of Algorithm 1, line 6, and
     its gradient the batch gradient. Only one micro-batch's graph is alive at a time. Gradients are
-    taken with :func:`torch.autograd.grad` for W and log s only, so none are ever built for (or
-    accumulated into) the model's own parameters.
+    taken with :func:`torch.autograd.grad` for the student's parameters only, so none are ever built for
+    (or accumulated into) the model's own parameters.
 
     Raises:
         Diverged: a loss is NaN/Inf, or the update rule refused the Φ.
@@ -194,8 +138,7 @@ def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, config: D
         part = batch.subset(slice(start, start + config.micro_batch))
         try:
             with torch.enable_grad():
-                part_loss = endpoint_loss(denoise, part, sigmas, student.phi(), config.checkpointing)
-                part_loss = part_loss * (len(part) / len(batch))
+                part_loss = student.loss(denoise, part, config.checkpointing) * (len(part) / len(batch))
                 if not torch.isfinite(part_loss):
                     raise Diverged(f"the loss became {float(part_loss)}")
                 part_gradients = torch.autograd.grad(part_loss, student.parameters)
@@ -206,13 +149,13 @@ def batch_gradients(student: Student, denoise, batch: PairSet, sigmas, config: D
     return loss, gradients
 
 
-def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigmas, config: DistillConfig) -> float:
+def _step(student, optimizer, lr: float, denoise, batch: PairSet, config: DistillConfig) -> float:
     """One Adam step; returns the batch loss.
 
     Raises:
         Diverged: the loss or a gradient is NaN/Inf, or the update rule refused the Φ.
     """
-    loss, gradients = batch_gradients(student, denoise, batch, sigmas, config)
+    loss, gradients = batch_gradients(student, denoise, batch, config)
     if not all(torch.isfinite(g).all() for g in gradients):
         raise Diverged("a gradient became NaN/Inf")
     for parameter, gradient in zip(student.parameters, gradients):
@@ -221,15 +164,15 @@ def _step(student: Student, optimizer, lr: float, denoise, batch: PairSet, sigma
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
-    student.keep_time_positive(sigmas)
+    student.after_step()
     return loss
 
 
-def _validate_and_keep_best(run: NfeRun, student: Student, sigmas, denoise, pairs: PairSet, config: DistillConfig) -> None:
+def _validate_and_keep_best(run: NfeRun, student, denoise, pairs: PairSet, config: DistillConfig) -> None:
     """Held-out RMSE of the current Φ; keep it as the best when it beats every earlier one."""
     try:
         phi = student.phi().detached()
-        rmse = phi_rmse(phi, sigmas, denoise, pairs, config.sampling_batch)
+        rmse = phi_rmse(phi, evaluation_grid(student, phi), denoise, pairs, config.sampling_batch)
     except (CoefficientError, SamplingError) as error:
         rmse = math.nan
         reason = f"the current Φ is unusable on held-out data ({error})"
@@ -241,7 +184,7 @@ def _validate_and_keep_best(run: NfeRun, student: Student, sigmas, denoise, pair
     run.validation.append([run.iteration, rmse])
     if rmse < run.best_rmse:
         run.best_rmse, run.best_iteration = rmse, run.iteration
-        run.best_weights, run.best_time_scale = phi.weights, phi.time_scale
+        run.best = best_tensors(phi)
 
 
 def _stop(run: NfeRun, iteration: int, reason: str) -> None:

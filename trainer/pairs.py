@@ -4,6 +4,12 @@ A pair is (seed, label, x_T, x0_teacher): the initial latent at σ_max, the cond
 denoised under, and the many-step teacher's endpoint from it. Pairs are generated once per (model,
 teacher, noise, labels) and reused for every NFE target and by later runs.
 
+DSS's path supervision (arXiv 2505.21114, §4) compares the student's inner states with the teacher's
+at the nearest teacher time; as the student's grid is learned, that time moves during training, so
+for DSS the pairs also keep the teacher's whole trajectory (its state at every grid point, on the CPU:
+P × (teacher steps + 1) latents, e.g. 64 pairs × 36 SD latents of 64×64 = 150 MB) rather than samples
+at fixed times. A DyWeight run needs no path and keeps only the endpoints.
+
 The cache is one safetensors file per key, named by the SHA-256 of the key; the key itself is stored in
 the file's metadata and checked on load, so a changed model, teacher, noise or prompt set never hits.
 A run interrupted during generation leaves the finished pairs in the same file marked incomplete, and
@@ -38,12 +44,15 @@ DEFAULT_PAIRS = 256
 @dataclasses.dataclass
 class PairSet:
     """Teacher pairs: per-pair ``seeds`` [P], ``noise`` [P, …] at σ_max, ``target`` [P, …] the teacher's x0
-    (``None`` while it is being generated) and optional condition ``labels`` [P] (int64)."""
+    (``None`` while it is being generated), optional condition ``labels`` [P] (int64) and, for path
+    supervision, the teacher's states ``path`` [P, M+1, …] (CPU) at its grid ``path_sigmas`` [M+1]."""
 
     seeds: torch.Tensor
     noise: torch.Tensor
     target: Optional[torch.Tensor]
     labels: Optional[torch.Tensor] = None
+    path: Optional[torch.Tensor] = None
+    path_sigmas: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.noise.shape[0]
@@ -51,9 +60,12 @@ class PairSet:
     def subset(self, index) -> "PairSet":
         """The pairs at ``index`` (a slice or an index tensor)."""
         def pick(tensor):
-            return None if tensor is None else tensor[index]
+            if tensor is None:
+                return None
+            return tensor[index.to(tensor.device) if isinstance(index, torch.Tensor) else index]
 
-        return PairSet(self.seeds[index], self.noise[index], pick(self.target), pick(self.labels))
+        return PairSet(self.seeds[index], self.noise[index], pick(self.target), pick(self.labels), pick(self.path),
+                       self.path_sigmas)
 
     def bind(self, denoise: Callable) -> Callable:
         """``denoise`` for these pairs: ``denoise(x, σ)``, or ``denoise(x, σ, condition=labels)`` with labels."""
@@ -106,9 +118,10 @@ def _draw_from_generator(noise: Callable[[int], torch.Tensor], count: int):
 
 
 def pairs_key(user_key, teacher: Teacher, sigmas: torch.Tensor, noise: torch.Tensor,
-              labels: Optional[torch.Tensor]) -> dict:
-    """The full cache key: the caller's key plus what the trainer itself knows about the pairs."""
-    return {
+              labels: Optional[torch.Tensor], path: bool = False) -> dict:
+    """The full cache key: the caller's key plus what the trainer itself knows about the pairs (and
+    whether they keep the teacher's path)."""
+    key = {
         "format": FORMAT,
         "key": user_key,
         "teacher": teacher.name,
@@ -117,6 +130,7 @@ def pairs_key(user_key, teacher: Teacher, sigmas: torch.Tensor, noise: torch.Ten
         "noise": _digest(noise),
         "labels": None if labels is None else labels.tolist(),
     }
+    return {**key, "path": True} if path else key
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -143,40 +157,65 @@ class TeacherRun:
 
 def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, labels: Optional[torch.Tensor],
                   teacher: Teacher, sigmas: torch.Tensor, batch_size: int, key: dict,
-                  store: Optional[Path], reporter: Reporter) -> TeacherRun:
+                  store: Optional[Path], reporter: Reporter, path: bool = False) -> TeacherRun:
     """Run ``teacher`` from each latent on ``sigmas`` in batches, or read the finished pairs from ``store``.
 
-    An incomplete file at ``store`` is continued; on any interruption the finished batches are saved
-    there before the exception propagates.
+    With ``path``, the teacher's state at every grid point is kept too (the teacher must report its
+    steps through k-diffusion's ``callback``). An incomplete file at ``store`` is continued; on any
+    interruption the finished batches are saved there before the exception propagates.
     """
-    done, seconds = _cached(store, key, noise.device)
+    done, done_path, seconds = _cached(store, key, noise.device)
+    path_sigmas = sigmas.double().cpu() if path else None
     if done is not None and done.shape[0] == noise.shape[0]:
-        return TeacherRun(PairSet(seeds, noise, done, labels), True, seconds)
+        return TeacherRun(PairSet(seeds, noise, done, labels, done_path, path_sigmas), True, seconds)
     inputs = PairSet(seeds, noise, None, labels)
     targets = [] if done is None else [done]
+    paths = [] if done_path is None else [done_path]
     count = 0 if done is None else done.shape[0]
     reporter.begin("teacher pairs", count, noise.shape[0], unit="pair")
     started = time.monotonic()
+
+    def save(elapsed: float) -> None:
+        _store_pairs(store, key, inputs, torch.cat(targets), torch.cat(paths) if path else None, elapsed)
+
     try:
         while count < noise.shape[0]:
             batch = inputs.subset(slice(count, count + batch_size))
             with torch.no_grad():
-                target = teacher.solve(batch.bind(denoise), batch.noise, sigmas)
+                target, trajectory = _solve(teacher, batch.bind(denoise), batch.noise, sigmas, path)
             _check_target(target, batch, teacher)
             targets.append(target.detach())
+            paths.extend([] if trajectory is None else [trajectory])
             count += batch.noise.shape[0]
             reporter.teacher(count, noise.shape[0])
     except BaseException:
         if store is not None and count:
-            _store_pairs(store, key, noise, seeds, labels, torch.cat(targets), seconds + time.monotonic() - started)
+            save(seconds + time.monotonic() - started)
         raise
     finally:
         reporter.end()
     seconds += time.monotonic() - started
-    target = torch.cat(targets)
     if store is not None:
-        _store_pairs(store, key, noise, seeds, labels, target, seconds)
-    return TeacherRun(PairSet(seeds, noise, target, labels), False, seconds)
+        save(seconds)
+    return TeacherRun(PairSet(seeds, noise, torch.cat(targets), labels, torch.cat(paths) if path else None,
+                              path_sigmas), False, seconds)
+
+
+def _solve(teacher: Teacher, denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor, path: bool):
+    """The teacher's x0 and, with ``path``, its states at every grid point [B, M+1, …] on the CPU."""
+    if not path:
+        return teacher.solve(denoise, x, sigmas), None
+    states = {}
+
+    def record(step: dict) -> None:
+        states[int(step["i"])] = step["x"].detach().to("cpu", torch.float32)
+
+    target = teacher.solve(denoise, x, sigmas, callback=record)
+    steps = len(sigmas) - 1
+    if sorted(states) != list(range(steps)):
+        raise ValueError(f"teacher '{teacher.name}' reported {len(states)} of its {steps} steps through its "
+                         "callback; path supervision (DSS) needs every one: choose another teacher")
+    return target, torch.stack([states[i] for i in range(steps)] + [target.detach().to("cpu", torch.float32)], 1)
 
 
 def _check_target(target: torch.Tensor, batch: PairSet, teacher: Teacher) -> None:
@@ -190,24 +229,28 @@ def _check_target(target: torch.Tensor, batch: PairSet, teacher: Teacher) -> Non
 
 
 def _cached(store: Optional[Path], key: dict, device: torch.device):
-    """The teacher targets already stored for ``key`` (all, or the first ones of an interrupted run)."""
+    """The teacher targets (and paths) already stored for ``key`` (all, or the first ones of an
+    interrupted run), and the teacher's seconds so far."""
     if store is None or not store.is_file():
-        return None, 0.0
+        return None, None, 0.0
     try:
         with safe_open(str(store), framework="pt", device=str(device)) as stored:
             document = json.loads((stored.metadata() or {})[METADATA_KEY])
             if document.get("key") != key:
-                return None, 0.0  # a hash collision or a hand-copied file: not ours
-            return stored.get_tensor("target"), float(document.get("teacher_seconds", 0.0))
+                return None, None, 0.0  # a hash collision or a hand-copied file: not ours
+            path = stored.get_tensor("path").cpu() if "path" in stored.keys() else None
+            return stored.get_tensor("target"), path, float(document.get("teacher_seconds", 0.0))
     except (OSError, ValueError, KeyError, SafetensorError):
-        return None, 0.0  # unreadable: regenerate and replace it
+        return None, None, 0.0  # unreadable: regenerate and replace it
 
 
-def _store_pairs(store: Path, key: dict, noise, seeds, labels, target, seconds: float) -> None:
-    tensors = {"noise": noise, "seeds": seeds, "target": target}
-    if labels is not None:
-        tensors["labels"] = labels
-    document = {"key": key, "done": int(target.shape[0]), "complete": target.shape[0] == noise.shape[0],
+def _store_pairs(store: Path, key: dict, inputs: PairSet, target, path, seconds: float) -> None:
+    tensors = {"noise": inputs.noise, "seeds": inputs.seeds, "target": target}
+    if inputs.labels is not None:
+        tensors["labels"] = inputs.labels
+    if path is not None:
+        tensors["path"] = path
+    document = {"key": key, "done": int(target.shape[0]), "complete": target.shape[0] == inputs.noise.shape[0],
                 "teacher_seconds": seconds}
     with atomic_path(store) as temporary:
         save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(temporary),

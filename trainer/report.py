@@ -29,17 +29,29 @@ def _figure(value: Optional[float]) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
+#: How the table names the solver families.
+FAMILY_NAMES = {"dyweight": "DyWeight", "dss": "DSS"}
+
+
 def validation_markdown(table: list) -> str:
-    """A Markdown table: one row per NFE, held-out RMSE to the teacher (lower is better)."""
+    """A Markdown table: one row per NFE, held-out RMSE to the teacher (lower is better) of each trained
+    family and its initialisation, the baselines, and the kept Φ against the reference column."""
     baselines = list(dict.fromkeys(name for row in table for name in row["baselines"]))
+    families = list(dict.fromkeys(family for row in table for family in row["families"]))
     reference = ratio_reference(table)
-    header = ["NFE", "DyWeight", "init", *baselines, f"DyWeight / {reference}", "iterations", "status"]
+    kept = "kept" if len(families) > 1 else FAMILY_NAMES.get(families[0], families[0]) if families else "Φ"
+    header = ["NFE", *(f"{FAMILY_NAMES.get(f, f)}{suffix}" for f in families for suffix in ("", " init")),
+              *baselines, f"{kept} / {reference}", "iterations", "status"]
+    if len(families) > 1:
+        header.insert(1, "kept")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         compared = _reference_rmse(row, reference)
-        ratio = row["dyweight"] / compared if compared else None
-        cells = [str(row["nfe"]), _figure(row["dyweight"]), _figure(row["init"]),
-                 *(_figure(row["baselines"].get(name)) for name in baselines),
+        ratio = row["rmse"] / compared if compared else None
+        figures = [_figure(row["families"][f][name]) if f in row["families"] else "—"
+                   for f in families for name in ("rmse", "init")]
+        cells = [str(row["nfe"]), *([FAMILY_NAMES.get(row["solver"], row["solver"])] if len(families) > 1 else []),
+                 *figures, *(_figure(row["baselines"].get(name)) for name in baselines),
                  _figure(ratio), str(row["iterations"]), row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -69,7 +81,8 @@ def write_report(result: DistillResult, folder, name: str) -> list:
 
 
 def plot_losses(history: dict, path) -> bool:
-    """Train (per batch, as RMSE) and held-out RMSE against iteration, one panel per NFE.
+    """Train (per batch, as RMSE) and held-out RMSE against iteration, one panel per NFE, one colour
+    per solver family.
 
     Returns False, after printing a hint, when matplotlib is not installed.
     """
@@ -82,16 +95,19 @@ def plot_losses(history: dict, path) -> bool:
         return False
     figure, axes = plt.subplots(1, max(1, len(history)), figsize=(4.5 * max(1, len(history)), 3.5),
                                 squeeze=False, sharey=True)
-    for axis, (nfe, entries) in zip(axes[0], sorted(history.items())):
-        if entries["train"]:
-            steps, losses = zip(*entries["train"])
-            axis.plot(steps, [math.sqrt(loss) for loss in losses], lw=0.8, alpha=0.6, label="train (batch)")
-        if entries["validation"]:
-            steps, rmse = zip(*entries["validation"])
-            axis.plot(steps, rmse, marker="o", ms=3, label="held-out")
+    for axis, (nfe, families) in zip(axes[0], sorted(history.items())):
+        for colour, (family, entries) in enumerate(families.items()):
+            name = FAMILY_NAMES.get(family, family)
+            if entries["train"]:
+                steps, losses = zip(*entries["train"])
+                axis.plot(steps, [math.sqrt(loss) for loss in losses], lw=0.8, alpha=0.5, color=f"C{colour}",
+                          label=f"{name} train (batch)")
+            if entries["validation"]:
+                steps, rmse = zip(*entries["validation"])
+                axis.plot(steps, rmse, marker="o", ms=3, color=f"C{colour}", label=f"{name} held-out")
         axis.set(title=f"NFE {nfe}", xlabel="iteration", yscale="log")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("RMSE to teacher")
+    axes[0][0].set_ylabel("RMSE to teacher (DSS train: its path loss, as a root)")
     axes[0][0].legend()
     figure.tight_layout()
     with atomic_path(path) as temporary:

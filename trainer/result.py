@@ -24,11 +24,14 @@ class DistillResult:
     """The outcome of :func:`~comfyui_dyweight.trainer.distill`.
 
     Attributes:
-        coefficients: NFE → the Φ with the lowest held-out RMSE (never worse than its initialisation).
-        table: one row per NFE: ``{"nfe", "dyweight", "init", "baselines": {name: rmse | None},
-            "iterations", "best_iteration", "status", "optimisation_s"}``; every figure is the RMSE per
-            latent element to the teacher's x0 on the held-out pairs.
-        history: NFE → ``{"train": [[iteration, loss], …], "validation": [[iteration, rmse], …]}``
+        coefficients: NFE → the Φ with the lowest held-out RMSE (never worse than its initialisation);
+            with ``solver = "both"``, the better of the two families.
+        candidates: NFE → family → that family's best Φ (one entry unless ``solver = "both"``).
+        table: one row per NFE: the kept family's ``{"nfe", "solver", "rmse", "init", "baselines": {name:
+            rmse | None}, "iterations", "best_iteration", "status", "optimisation_s"}`` and every family's
+            figures under ``"families"``; every figure is the RMSE per latent element to the teacher's x0
+            on the held-out pairs.
+        history: NFE → family → ``{"train": [[iteration, loss], …], "validation": [[iteration, rmse], …]}``
             (validation iteration 0 is the initialisation).
         timings: ``{"teacher_s", "teacher_cache_hit", "optimisation_s": {nfe: seconds}}``.
         notes: what the caller should know (stopped training, an unimproved Φ, a failed baseline).
@@ -36,6 +39,7 @@ class DistillResult:
     """
 
     coefficients: dict
+    candidates: dict
     table: list
     history: dict
     timings: dict
@@ -67,7 +71,7 @@ def trained_phi(run: NfeRun, template: Coefficients, facts: dict) -> Coefficient
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pack_version": __version__,
     })
-    return dataclasses.replace(template, weights=run.best_weights.clone(), time_scale=run.best_time_scale.clone(),
+    return dataclasses.replace(template, **{name: tensor.clone() for name, tensor in run.best.items()},
                                training=record)
 
 
@@ -76,8 +80,9 @@ def _recent_loss(losses: list) -> Optional[float]:
     return sum(recent) / len(recent) if recent else None
 
 
-def table_row(run: NfeRun, baselines: dict) -> dict:
-    return {"nfe": run.nfe, "dyweight": run.best_rmse, "init": run.init_rmse, "baselines": baselines,
+def family_row(run: NfeRun, baselines: dict) -> dict:
+    """One family's validation figures at one NFE (the baselines' alongside)."""
+    return {"nfe": run.nfe, "solver": run.family, "rmse": run.best_rmse, "init": run.init_rmse, "baselines": baselines,
             "iterations": run.iteration, "best_iteration": run.best_iteration, "status": run.status,
             "optimisation_s": run.seconds}
 

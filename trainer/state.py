@@ -12,32 +12,31 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
 
-FORMAT = "dyweight-state/1"
+FORMAT = "dyweight-state/2"
 METADATA_KEY = "dyweight_state"
 FILE_NAME = "state.safetensors"
 
 
 @dataclasses.dataclass
 class NfeRun:
-    """The progress of one NFE target.
+    """The progress of one (solver family, NFE) target.
 
-    ``weights``/``log_scale`` are the raw trainable parameters (s = exp(log_scale)); ``adam`` is the
-    optimiser's per-parameter state; ``best_*`` is the Φ with the lowest held-out RMSE so far
-    (iteration 0 = the initialisation). ``status`` is ``training``, ``done`` or ``stopped`` (non-finite
-    loss or gradient). ``row`` is the finished validation-table row.
+    ``parameters`` are the student's raw trainable tensors (see :mod:`.students`); ``adam`` is the
+    optimiser's per-parameter state; ``best`` holds the tensors of the Φ with the lowest held-out RMSE
+    so far (iteration 0 = the initialisation): ``weights``, ``time_scale`` and, for a learned grid,
+    ``sigmas``. ``status`` is ``training``, ``done`` or ``stopped`` (non-finite loss or gradient).
+    ``row`` is the finished validation-table entry.
     """
 
+    family: str
     nfe: int
-    weights: torch.Tensor
-    log_scale: torch.Tensor
-    best_weights: torch.Tensor
-    best_time_scale: torch.Tensor
+    parameters: dict
+    best: dict
     best_rmse: float
     init_rmse: float
     best_iteration: int = 0
@@ -50,33 +49,37 @@ class NfeRun:
     seconds: float = 0.0
     row: Optional[dict] = None
 
-    TENSORS = ("weights", "log_scale", "best_weights", "best_time_scale")
+    @property
+    def key(self) -> str:
+        return f"{self.family}-nfe{self.nfe}"
 
     def snapshot(self) -> "NfeRun":
         """An independent copy (tensors cloned, lists copied): the last consistent state to save."""
-        copy = dataclasses.replace(self, adam={name: t.clone() for name, t in self.adam.items()},
-                                   train_loss=list(self.train_loss), validation=list(self.validation),
-                                   notes=list(self.notes), row=None if self.row is None else dict(self.row))
-        for name in self.TENSORS:
-            setattr(copy, name, getattr(self, name).detach().clone())
-        return copy
+        def cloned(tensors: dict) -> dict:
+            return {name: tensor.detach().clone() for name, tensor in tensors.items()}
+
+        return dataclasses.replace(self, parameters=cloned(self.parameters), best=cloned(self.best),
+                                   adam=cloned(self.adam), train_loss=list(self.train_loss),
+                                   validation=list(self.validation), notes=list(self.notes),
+                                   row=None if self.row is None else dict(self.row))
 
     def tensors(self) -> dict:
-        named = {name: getattr(self, name) for name in self.TENSORS}
-        named.update({f"adam.{name}": tensor for name, tensor in self.adam.items()})
-        return {f"nfe{self.nfe}.{name}": tensor for name, tensor in named.items()}
+        groups = {"parameters": self.parameters, "best": self.best, "adam": self.adam}
+        return {f"{self.key}.{group}.{name}": tensor for group, named in groups.items() for name, tensor in named.items()}
 
     def document(self) -> dict:
         return {name: getattr(self, name) for name in (
-            "nfe", "best_rmse", "init_rmse", "best_iteration", "iteration", "train_loss", "validation",
+            "family", "nfe", "best_rmse", "init_rmse", "best_iteration", "iteration", "train_loss", "validation",
             "status", "notes", "seconds", "row")}
 
     @classmethod
     def restore(cls, document: dict, tensors: dict) -> "NfeRun":
-        prefix = f"nfe{document['nfe']}."
-        mine = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
-        adam = {name[len("adam."):]: t for name, t in mine.items() if name.startswith("adam.")}
-        return cls(**document, **{name: mine[name] for name in cls.TENSORS}, adam=adam)
+        run = cls(**document, parameters={}, best={})
+        for name, tensor in tensors.items():
+            key, group, tensor_name = name.split(".", 2)
+            if key == run.key:
+                getattr(run, group)[tensor_name] = tensor
+        return run
 
 
 def state_path(state_dir) -> Path:
@@ -84,7 +87,7 @@ def state_path(state_dir) -> Path:
 
 
 def save_state(state_dir, config: dict, runs: dict) -> Path:
-    """Write ``config`` and the :class:`NfeRun` of each NFE in ``runs`` atomically; return the path."""
+    """Write ``config`` and each :class:`NfeRun` of ``runs`` atomically; return the path."""
     tensors = {}
     for run in runs.values():
         tensors.update({name: t.detach().to("cpu").contiguous() for name, t in run.tensors().items()})
@@ -96,7 +99,7 @@ def save_state(state_dir, config: dict, runs: dict) -> Path:
 
 
 def load_state(state_dir, config: dict) -> dict:
-    """The runs saved in ``state_dir``, by NFE; refuses a state made with another configuration."""
+    """The runs saved in ``state_dir``, by :attr:`NfeRun.key`; refuses a state made with another configuration."""
     path = state_path(state_dir)
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: no training state at {path}")
@@ -110,4 +113,5 @@ def load_state(state_dir, config: dict) -> dict:
     if changed:
         raise ValueError(f"cannot resume from {path}: it was made with different settings ({', '.join(changed)}); "
                          "use the same settings, or start afresh without resume")
-    return {entry["nfe"]: NfeRun.restore(entry, tensors) for entry in document["runs"]}
+    runs = [NfeRun.restore(entry, tensors) for entry in document["runs"]]
+    return {run.key: run for run in runs}

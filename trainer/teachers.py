@@ -1,7 +1,8 @@
 """Reference solvers for plain denoisers: the built-in teachers and the default baselines.
 
-Each solver follows k-diffusion's shape — ``sample_x(denoise, x, sigmas) -> x_N`` on a base grid
-σ_0 > … > σ_N, with ``denoise(x, sigma) -> x0`` and a 0-d ``sigma`` — and integrates the
+Each solver follows k-diffusion's shape — ``sample_x(denoise, x, sigmas, callback=None) -> x_N`` on a
+base grid σ_0 > … > σ_N, with ``denoise(x, sigma) -> x0`` and a 0-d ``sigma``, calling
+``callback({"x", "i", "sigma"})`` with the state at σ_i before each step — and integrates the
 probability-flow ODE dx/dσ = (x − D(x, σ))/σ (Karras et al. 2022, Eq. 3). iPNDM is not written out
 again: it is the Adams–Bashforth Φ through the one DyWeight update rule.
 
@@ -34,21 +35,28 @@ def _sigmas_like(sigmas, x):
     return torch.as_tensor(sigmas).to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
 
 
-def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def _report(callback: Optional[Callable], x: torch.Tensor, i: int, sigma: torch.Tensor) -> None:
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma})
+
+
+def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
     """Euler's method in σ (DDIM for ε-models); a step to σ = 0 returns the denoised estimate."""
     sigmas = _sigmas_like(sigmas, x)
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        _report(callback, x, i, sigma)
         x = x + (sigma_next - sigma) * _slope(x, sigma, denoise(x, sigma))
     return x
 
 
-def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1 without churn); Euler on a step to 0.
 
     2N − 1 model calls on a grid ending at 0, 2N otherwise.
     """
     sigmas = _sigmas_like(sigmas, x)
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        _report(callback, x, i, sigma)
         slope = _slope(x, sigma, denoise(x, sigma))
         euler_step = x + (sigma_next - sigma) * slope
         if sigma_next == 0:
@@ -59,7 +67,7 @@ def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) -> tor
     return x
 
 
-def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): data prediction, multistep, in λ = −log σ.
 
     First step and a step to σ = 0 are first order; the others extrapolate the denoised estimate
@@ -69,6 +77,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) ->
     previous = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        _report(callback, x, i, sigma)
         denoised = denoise(x, sigma)
         if sigma_next == 0:
             x = denoised
@@ -83,11 +92,11 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) ->
     return x
 
 
-def sample_ipndm(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def sample_ipndm(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
     """iPNDM (Zhang & Chen 2023): fourth-order Adams–Bashforth Φ through :func:`dyweight_sample`."""
     sigmas = torch.as_tensor(sigmas)
     phi = adams_bashforth(len(sigmas) - 1, 4, final_denoise=float(sigmas[-1]) == 0.0)
-    return dyweight_sample(denoise, x, sigmas, phi)
+    return dyweight_sample(denoise, x, sigmas, phi, callback=callback)
 
 
 #: Built-in teachers by name; ``heun`` is the default (second order, accurate at ≥ 32 steps).

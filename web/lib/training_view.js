@@ -34,13 +34,19 @@ function cleanRow(row) {
 
 /**
  * ``[{solver, nfe, rmse, psnr?}, ...]`` from a list of such rows, one such row, or the trainer's per-NFE
- * row ``{nfe, dyweight, init, baselines: {name: rmse}}`` (as tableRows in nodes/training_events.py).
+ * row ``{nfe, solver, rmse, families: {family: {rmse, init}}, baselines: {name: rmse}}``: each family, its
+ * initialisation (``<family> init``), each baseline (as table_rows in nodes/training_events.py).
  */
 export function tableRows(table, nfe = null) {
   if (table && typeof table === "object" && !Array.isArray(table)) {
-    if ("solver" in table) return [table];
+    const families = table.families;
+    if (!families || typeof families !== "object" || Array.isArray(families)) return "solver" in table ? [table] : [];
     const rowNfe = "nfe" in table ? table.nfe : nfe;
-    const rows = ["dyweight", "init"].filter((name) => name in table).map((name) => ({ solver: name, nfe: rowNfe, rmse: table[name] }));
+    const rows = [];
+    for (const [family, figures] of Object.entries(families)) {
+      if (!figures || typeof figures !== "object") continue;
+      rows.push({ solver: family, nfe: rowNfe, rmse: figures.rmse }, { solver: `${family} init`, nfe: rowNfe, rmse: figures.init });
+    }
     const baselines = table.baselines;
     if (baselines && typeof baselines === "object" && !Array.isArray(baselines)) {
       for (const [name, rmse] of Object.entries(baselines)) rows.push({ solver: name, nfe: rowNfe, rmse });
