@@ -130,6 +130,13 @@ def test_ddpm_preset_grid_is_the_release_times():
     assert phi.sigma_max is None  # the grid is the model's own σ(t), whatever its σ_max
 
 
+def test_flow_ode_solution_of_gaussian_data_is_the_affine_map(noise):
+    """For data N(μ, τ²I) the flow ODE is affine: x_σ = (1 − σ)·μ + √((1 − σ)²τ² + σ²)·ε, so ε ↦ μ + τ·ε."""
+    gaussian = GaussianMixture(torch.full((1, noise.shape[1]), 0.7, dtype=F64), torch.ones(1, dtype=F64), 0.4)
+    exact = gaussian.means[0] + gaussian.std * noise
+    assert (gaussian.flow_ode_solution(noise) - exact).abs().max().item() <= 1e-9
+
+
 # --- the data-prediction combination ---------------------------------------------------------------------
 
 def test_denoised_combination_with_euler_rows_is_ddim(mixture, noise):

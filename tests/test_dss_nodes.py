@@ -36,6 +36,10 @@ def sd15(host, tiny_sd15):
     return tiny_sd15, comfy_host.tiny_sd15_conditioning(batch=2, seed=3), comfy_host.empty_latent(2, 32, 32)
 
 
+def model_sampling_of(model):
+    return importlib.import_module("comfyui_dyweight.host.model_facts").facts_from_patcher(model).model_sampling
+
+
 def shipped(family, steps):
     return Coefficients.load(DSS_PRESET_DIR / preset_name(family, steps))
 
@@ -121,7 +125,7 @@ def test_ddpm_table_in_ksampler_dyweight_is_the_release_loop_on_the_models_sigma
     model, conditioning, latent = sd15
     phi = dw.DyWeightLoadCoefficients().load("shipped/dss/" + preset_name("ddpm_dit", 5))["result"][0]
     (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, "5", coefficients=phi)
-    model_sampling = importlib.import_module("comfyui_dyweight.host.model_facts").facts_from_patcher(model).model_sampling
+    model_sampling = model_sampling_of(model)
     expected = [model_sigma_at(model_sampling, 1000 * t) for t in phi.schedule["t"]]
     assert torch.allclose(sigmas, torch.tensor(expected), rtol=1e-5)
     assert float(sigmas[0]) == pytest.approx(float(model_sampling.sigma_max), rel=1e-5)
@@ -132,30 +136,37 @@ def test_ddpm_table_in_ksampler_dyweight_is_the_release_loop_on_the_models_sigma
     assert torch.isfinite(ours).all() and torch.allclose(ours, release, atol=1e-4)
 
 
-def test_dss_sampler_and_sigmas_in_sampler_custom_match_ksampler_dyweight(dw, flux, sd15):
-    for (model, conditioning, latent), phi, cfg in ((flux, shipped("flow_sit", 5), 1.0),
-                                                    (sd15, shipped("ddpm_dit", 7), 3.0)):
-        (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, str(phi.nfe), coefficients=phi)
-        (sampler,) = dw.DyWeightSampler().get_sampler(coefficients=phi)
-        custom = sampler_custom(model, conditioning, latent, sampler, sigmas, cfg)
-        assert torch.equal(custom, ksampler_dyweight(dw, model, conditioning, latent, phi, cfg))
+CASES = {"flux": ("flow_sit", 5, "simple", 1.0), "sd15": ("ddpm_dit", 7, "karras", 3.0)}
 
 
-def test_stock_ksampler_samples_with_a_dss_file_from_the_users_folder(dw, flux, sd15, tmp_path, monkeypatch, caplog):
-    import comfy.samplers
+@pytest.mark.parametrize("case", CASES)
+def test_dss_sampler_and_sigmas_in_sampler_custom_match_ksampler_dyweight(dw, request, case):
+    model, conditioning, latent = request.getfixturevalue(case)
+    family, steps, _, cfg = CASES[case]
+    phi = shipped(family, steps)
+    (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, str(phi.nfe), coefficients=phi)
+    (sampler,) = dw.DyWeightSampler().get_sampler(coefficients=phi)
+    custom = sampler_custom(model, conditioning, latent, sampler, sigmas, cfg)
+    assert torch.equal(custom, ksampler_dyweight(dw, model, conditioning, latent, phi, cfg))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_stock_ksampler_samples_with_a_dss_file_from_the_users_folder(dw, request, case, tmp_path, monkeypatch,
+                                                                       caplog):
     import folder_paths
 
+    model, conditioning, latent = request.getfixturevalue(case)
+    family, steps, scheduler, cfg = CASES[case]
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "dyweight", ([str(tmp_path)], {".safetensors"}))
     if hasattr(folder_paths, "filename_list_cache"):
         monkeypatch.setattr(folder_paths, "filename_list_cache", {})
-    for (model, conditioning, latent), family, scheduler, cfg in ((flux, "flow_flowdcn", "simple", 1.0),
-                                                                  (sd15, "ddpm_dit", "karras", 3.0)):
-        phi = shipped(family, 6)
-        phi.save(tmp_path / preset_name(family, 6), dtype=torch.float64)
-        with caplog.at_level(logging.INFO, logger="comfyui_dyweight"):
-            stock = comfy_host.sample_with_ksampler(model, *conditioning, latent, 1, 6, cfg, "dyweight", scheduler)
-        assert preset_name(family, 6) in caplog.text
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, 6)
-        (sampler,) = dw.DyWeightSampler().get_sampler(coefficients=phi)
-        expected = sampler_custom(model, conditioning, latent, sampler, sigmas, cfg)
-        assert torch.isfinite(stock).all() and torch.allclose(stock, expected, atol=1e-5)
+    phi = shipped(family, steps)
+    phi.save(tmp_path / preset_name(family, steps), dtype=torch.float64)
+    with caplog.at_level(logging.INFO, logger="comfyui_dyweight"):
+        stock = comfy_host.sample_with_ksampler(model, *conditioning, latent, 1, steps, cfg, "dyweight", scheduler)
+    assert preset_name(family, steps) in caplog.text
+    sigmas = importlib.import_module("comfyui_dyweight.host.model_facts").comfy_sigmas(
+        model_sampling_of(model), scheduler, steps)
+    (sampler,) = dw.DyWeightSampler().get_sampler(coefficients=phi)
+    expected = sampler_custom(model, conditioning, latent, sampler, sigmas, cfg)
+    assert torch.isfinite(stock).all() and torch.allclose(stock, expected, atol=1e-5)

@@ -73,16 +73,31 @@ class GaussianMixture:
         def slope(value, log_sigma):  # dx/d log σ = x − D(x, σ)
             return value - self.denoise(value, torch.exp(log_sigma))
 
-        for lo_now, lo_next in zip(torch.log(grid[:-1]), torch.log(grid[1:])):
-            h = lo_next - lo_now
-            k1 = slope(state, lo_now)
-            k2 = slope(state + h / 2 * k1, lo_now + h / 2)
-            k3 = slope(state + h / 2 * k2, lo_now + h / 2)
-            k4 = slope(state + h * k3, lo_next)
-            state = state + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        state = rk4(slope, state, torch.log(grid))
         if sigma_to == 0:
             state = self.denoise(state, torch.tensor(end, dtype=torch.float64))
         return state.to(x.dtype)
+
+    def flow_ode_solution(self, noise: torch.Tensor, steps: int = 1000) -> torch.Tensor:
+        """The rectified-flow ODE dx/dσ = (x − D)/σ for x = (1 − σ)·x0 + σ·ε from σ = 1 (x = ε) to 0: RK4 in
+        σ down to ½, then the same ODE in VE form (x̂ = x/(1 − σ), σ̂ = σ/(1 − σ)) by :meth:`ode_solution`."""
+        def slope(value, sigma):
+            return (value - self.flow_denoise(value, sigma)) / sigma
+
+        half = rk4(slope, noise.to(torch.float64), torch.linspace(1.0, 0.5, steps + 1, dtype=torch.float64))
+        return self.ode_solution(half / 0.5, 1.0, 0.0).to(noise.dtype)
+
+
+def rk4(slope, state: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Classical Runge–Kutta over the grid ``times`` for dx/dt = slope(x, t)."""
+    for now, later in zip(times[:-1], times[1:]):
+        h = later - now
+        k1 = slope(state, now)
+        k2 = slope(state + h / 2 * k1, now + h / 2)
+        k3 = slope(state + h / 2 * k2, now + h / 2)
+        k4 = slope(state + h * k3, later)
+        state = state + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return state
 
 
 def gaussian_denoiser(data_std: float):
