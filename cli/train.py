@@ -60,6 +60,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     training = parser.add_argument_group(
         "distillation", "settings left out take the model's defaults (shown; a ComfyUI model's differ where said)")
     training.add_argument("--nfe", type=int, nargs="+", help=f"NFE targets (default {' '.join(map(str, DEFAULTS.nfe))})")
+    training.add_argument("--solver", help="the solver family to learn: dyweight (default), dss (Differentiable "
+                                           "Solver Search: learned grid and full-history coefficients) or both "
+                                           "(keeps the better per NFE)")
     training.add_argument("--pairs", type=int,
                           help="teacher pairs, held-out ones included (default 256; 64 for a ComfyUI model)")
     training.add_argument("--iterations", type=int, help=f"Adam steps per NFE (default {DEFAULTS.iterations})")
@@ -147,7 +150,7 @@ def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path
 
 
 #: The command's options that are :class:`DistillConfig` settings (same names).
-SETTINGS = ("nfe", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr", "order",
+SETTINGS = ("nfe", "solver", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr", "order",
             "afs", "variable_step_init", "teacher", "teacher_steps", "validation_fraction", "seed")
 
 

@@ -42,7 +42,7 @@ class TrainingProgress:
     """Trainer events → ComfyUI's progress bar, the front end (``dyweight.training``) and cancel."""
 
     def __init__(self, node_id, pairs: int, iterations: int):
-        self.node_id, self.pairs = node_id, pairs
+        self.node_id, self.pairs, self.trained = node_id, pairs, 0
         self.bar = comfy.utils.ProgressBar(pairs + iterations)
 
     def __call__(self, event: dict) -> None:
@@ -50,8 +50,9 @@ class TrainingProgress:
             publish(self.node_id, event)
         if event["kind"] == "teacher":
             self.bar.update_absolute(event["done"])
-        elif event["kind"] == "train":
-            self.bar.update_absolute(self.pairs + event["iteration"])
+        elif event["kind"] == "train":  # counted, as "both" trains one family after the other
+            self.trained += 1
+            self.bar.update_absolute(self.pairs + self.trained)
         if comfy.model_management.processing_interrupted():
             raise TrainingInterrupted("cancelled from ComfyUI")
 
@@ -101,6 +102,11 @@ class DyWeightTrain:
                                          "tooltip": "Saved as models/dyweight/<file_name>-nfe<steps>.safetensors."}),
             },
             "optional": {
+                "solver": (["dyweight", "dss", "both"], {
+                    "default": "dyweight",
+                    "tooltip": "The solver family to learn: DyWeight (weights and time scales on the model's "
+                               "schedule), DSS (a learned schedule and full-history coefficients), or both "
+                               "(keeps the one with the lower held-out error)."}),
                 "micro_batch": ("INT", {"default": COMFY_DEFAULTS["micro_batch_size"], "min": 1, "max": 256,
                                         "tooltip": "Images per training forward/backward pass. Gradients are "
                                                    "summed over each step, so the result is the same; larger is "
@@ -113,7 +119,8 @@ class DyWeightTrain:
         }
 
     def train(self, model, clip, prompts, negative, cfg, width, height, steps, pairs, iterations, teacher_sampler,
-              teacher_steps, seed, file_name, micro_batch=None, sampling_batch=None, unique_id=None):
+              teacher_steps, seed, file_name, solver="dyweight", micro_batch=None, sampling_batch=None,
+              unique_id=None):
         prompt_list = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not prompt_list:
             raise ValueError("DyWeight training needs at least one prompt (one per line)")
@@ -124,7 +131,8 @@ class DyWeightTrain:
         try:
             result = distill_for_comfy(
                 target, seed=seed, prompts=prompt_list, cache_dir=cache_folder(),
-                progress=TrainingProgress(unique_id, pairs, iterations), nfe=[steps], teacher=teacher_sampler,
+                progress=TrainingProgress(unique_id, pairs, iterations * (2 if solver == "both" else 1)),
+                nfe=[steps], solver=solver, teacher=teacher_sampler,
                 teacher_steps=teacher_steps, pairs=pairs, iterations=iterations, micro_batch_size=micro_batch,
                 sampling_batch_size=sampling_batch)
         except TrainingInterrupted as stop:
