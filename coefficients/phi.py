@@ -207,6 +207,30 @@ class Coefficients:
             "solver": self.solver, "combine": self.combine, "source": self.source,
         }
 
+    def steps_slice(self, start: int, stop: int) -> "Coefficients":
+        """The rows of steps ``start`` … ``stop − 1`` as a Φ of their own, for a sampler handed that slice of
+        the grid this Φ was made for (a two-stage or refiner workflow).
+
+        The gradients from before the slice do not exist there: a row's weights of those are added to its
+        newest gradient's, which keeps the row sums (the time shift of Eq. 8). A slice that starts later
+        than step 0 has no analytical first step; its grid is the matching part of this Φ's.
+        """
+        if not 0 <= start < stop <= self.steps:
+            raise CoefficientError(f"steps {start}…{stop - 1} are not a slice of this Φ's {self.steps} steps")
+        steps = stop - start
+        weights = self.weights[start:stop].clone()
+        for row in range(min(steps, self.order)):
+            weights[row, 0] += weights[row, row + 1:].sum()
+            weights[row, row + 1:] = 0
+        schedule = dict(self.schedule)
+        if schedule["kind"] == "ddpm_time":
+            schedule["t"] = schedule["t"][start:stop + 1]
+        return dataclasses.replace(
+            self, weights=weights[:, :min(self.order, steps)], time_scale=self.time_scale[start:stop].clone(),
+            afs=self.afs and start == 0, schedule=schedule,
+            sigmas=None if self.sigmas is None else self.sigmas[start:stop + 1].clone(),
+            training={**self.training, "slice_of_steps": [start, stop]})
+
     def detached(self, dtype=torch.float32) -> "Coefficients":
         """A CPU copy without autograd history (what is saved and shipped), in float32 unless told."""
         return dataclasses.replace(

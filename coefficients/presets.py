@@ -1,17 +1,17 @@
-"""The preset registry: find Φ by (model family, prediction type, NFE) among shipped and user files.
+"""The preset registry: find Φ by (model family, prediction type, NFE) among user and shipped files.
 
-Lookup order (first match wins):
+Lookup order, most specific first (the first that exists wins):
 
-1. the user's folders (``models/dyweight/`` and any extra paths), then the shipped ``presets/`` folder;
-2. within each, a Φ made for this exact family and prediction, then one for this prediction and any
-   family, then a model-agnostic one (``prediction`` and ``model_family`` both unset);
-3. if nothing matches, Adams–Bashforth (iPNDM, K=4) built on the fly — the documented fallback, which
-   is what the shipped Adams–Bashforth presets hold as well.
+1. the user's own Φ for this model family (``models/dyweight/`` and any extra paths), then the user's
+   model-agnostic Φ for this prediction type;
+2. an imported official DyWeight Φ (arXiv 2603.11607, converted from the authors' release) for this family;
+3. a shipped learned table: the DSS solvers searched by Differentiable Solver Search (arXiv 2505.21114,
+   ``presets/dss/``, MIT): the rectified-flow table searched on SiT-XL/2 for flow models, as the release
+   applies it to FLUX and SD3, and the DDPM table searched on DiT-XL/2 for ε-prediction models;
+4. Adams–Bashforth (iPNDM, K = 4) on the default scheduler: the shipped files, else built on the fly.
 
-A Φ whose prediction type differs from the model's never matches. The shipped DSS solvers
-(``presets/dss/``, arXiv 2505.21114) are offered by name (Load DyWeight Coefficients) but not picked by
-this lookup: for a model without its own Φ, Adams–Bashforth stays the default. A DSS file in the user's
-folders is picked like any other Φ.
+A Φ whose prediction type differs from the model's never matches. :attr:`Preset.origin` says which of
+these a Φ is, and :meth:`Preset.describe` names it for the node's output and the log.
 
 Run ``python -m comfyui_dyweight.coefficients.presets`` to regenerate the shipped Adams–Bashforth files.
 """
@@ -46,6 +46,16 @@ def adams_bashforth_preset(nfe: int, prediction: Optional[str] = None) -> Coeffi
         training={"initialiser": "adams_bashforth(order=4)", "note": "untrained fallback (iPNDM)"})
 
 
+#: The repository of the DyWeight paper's released coefficients (what an imported official Φ records).
+OFFICIAL_RELEASE = "Westlake-AGI-Lab/DyWeight"
+#: The shipped DSS tables (file-name stems up to the NFE) each prediction type gets (see the module docstring).
+DSS_TABLE_FOR = {"flow": "dss-flow-sit-nfe", "eps": "dss-ddpm-dit-nfe"}
+#: Schedules that fix the grid itself (it cannot be stretched for img2img).
+FIXED_GRIDS = ("explicit", "ddpm_time")
+#: Where a Φ comes from, most specific first: the order of the lookup.
+ORIGINS = ("user", "official", "shipped DSS", "Adams–Bashforth")
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A Φ the registry knows: where it lives and what it is."""
@@ -56,6 +66,25 @@ class Preset:
     @property
     def label(self) -> str:
         return str(self.path) if self.path else f"built-in Adams–Bashforth (NFE {self.coefficients.nfe})"
+
+    @property
+    def origin(self) -> str:
+        """One of :data:`ORIGINS`."""
+        phi = self.coefficients
+        if self.path is None or (self.path.is_relative_to(SHIPPED_DIR) and phi.solver != "dss"):
+            return "Adams–Bashforth"
+        if self.path.is_relative_to(SHIPPED_DIR):
+            return "shipped DSS"
+        return "official" if str(phi.training.get("source", "")).startswith(OFFICIAL_RELEASE) else "user"
+
+    @property
+    def learned(self) -> bool:
+        return self.origin != "Adams–Bashforth"
+
+    def describe(self) -> str:
+        """What ran, for the node's output and the log: name, family, where it comes from."""
+        name = self.path.name if self.path else "built-in adams-bashforth"
+        return f"{name} ({self.coefficients.solver}, {self.origin}, NFE {self.coefficients.nfe})"
 
 
 class PresetRegistry:
@@ -128,24 +157,43 @@ class PresetRegistry:
         """The NFE values some Φ exists for (the KSampler (DyWeight) dropdown)."""
         return sorted({preset.coefficients.nfe for preset in self.presets()} | set(SHIPPED_NFE))
 
-    def find(self, model_family: Optional[str], prediction: Optional[str], nfe: int,
-             steps: Optional[int] = None) -> Preset:
-        """The best Φ for this model and NFE, or the Adams–Bashforth fallback (see module docstring).
+    def learned_nfe(self, model_family: Optional[str] = None, prediction: Optional[str] = None) -> list:
+        """The NFE values a learned Φ exists for (for this model, or for any model when not given)."""
+        presets = self.presets() if prediction is None else self.candidates(model_family, prediction)
+        return sorted({preset.coefficients.nfe for preset in presets if preset.learned})
 
-        ``steps`` additionally requires N = steps (the stock KSampler path, whose sigmas fix N).
+    def candidates(self, model_family: Optional[str], prediction: Optional[str]) -> list:
+        """Every Φ that may run on this model, most specific first (the lookup order)."""
+        serving = [preset for preset in self.presets() if _serves(preset, model_family, prediction)]
+        return sorted(serving, key=lambda p: (ORIGINS.index(p.origin), p.coefficients.model_family is None,
+                                              p.coefficients.prediction is None))
+
+    def find(self, model_family: Optional[str], prediction: Optional[str], nfe: int,
+             steps: Optional[int] = None, fixed_grid: bool = True) -> Preset:
+        """The best Φ for this model and NFE (see the module docstring for the order).
+
+        ``steps`` additionally requires N = steps (the stock KSampler path, whose sigmas fix N);
+        ``fixed_grid=False`` passes over Φ that only run on their own grid (img2img runs part of one).
         """
-        candidates = [p for p in self.presets()
-                      if p.coefficients.nfe == nfe and (steps is None or p.coefficients.steps == steps)
-                      and not _shipped_dss(p)]
-        for wanted in ((model_family, prediction), (None, prediction), (None, None)):
-            for preset in candidates:
-                if (preset.coefficients.model_family, preset.coefficients.prediction) == wanted:
-                    return preset
+        for preset in self.candidates(model_family, prediction):
+            phi = preset.coefficients
+            if phi.nfe == nfe and (steps is None or phi.steps == steps) and (
+                    fixed_grid or phi.schedule["kind"] not in FIXED_GRIDS):
+                return preset
         return Preset(None, adams_bashforth_preset(nfe, prediction))
 
 
-def _shipped_dss(preset: Preset) -> bool:
-    return preset.coefficients.solver == "dss" and preset.path.is_relative_to(SHIPPED_DIR)
+def _serves(preset: Preset, model_family: Optional[str], prediction: Optional[str]) -> bool:
+    """Whether ``preset`` may run on this model at all: its prediction type fits; a shipped DSS table only
+    on the prediction type it was searched for; an official Φ only on its own family."""
+    phi = preset.coefficients
+    if phi.prediction is not None and phi.prediction != prediction:
+        return False
+    if preset.origin == "shipped DSS":
+        return preset.path.stem.startswith(DSS_TABLE_FOR.get(prediction, "/"))
+    if preset.origin == "official":
+        return phi.model_family == model_family
+    return phi.model_family in (None, model_family)
 
 
 def write_shipped_presets(folder: Path = SHIPPED_DIR) -> list:

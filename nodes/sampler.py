@@ -15,17 +15,63 @@ from tqdm.auto import tqdm
 import comfy.k_diffusion.sampling
 import comfy.samplers
 
-from ..coefficients import Coefficients, dyweight_sample
+from ..coefficients import Coefficients, adams_bashforth, dyweight_sample
 from ..host.model_facts import bind_to_model, facts_from_sampler_model
 from .constants import LOG, SAMPLER_NAME
 from .folders import preset_registry
+from .schedule import phi_sigmas
 
 
-def preset_for_steps(facts, steps: int) -> Coefficients:
-    """The registry's Φ for (family, prediction) with exactly ``steps`` steps; logs which one."""
-    preset = preset_registry().find(facts.family, facts.prediction, nfe=steps, steps=steps)
-    LOG.info("DyWeight: %s, %s, %d steps: using %s", facts.family, facts.prediction, steps, preset.label)
-    return preset.coefficients
+def coefficients_for_sigmas(facts, sigmas: torch.Tensor) -> tuple:
+    """``(Φ, the sigmas it runs on)`` for the stock sampler path, which hands over ``len(sigmas) − 1`` steps
+    of some scheduler's schedule; logs which Φ runs and on what.
+
+    A learned Φ runs only on the schedule it was learned for: handed a whole schedule (from σ_max to the
+    end), it runs on its own grid instead; handed a slice (KSamplerAdvanced's start/end steps, the two
+    experts of Wan 2.2, a refiner), it runs the rows of the learned Φ whose grid holds that slice, else
+    Adams–Bashforth on the slice.
+    """
+    steps = len(sigmas) - 1
+    registry = preset_registry()
+    preset = registry.find(facts.family, facts.prediction, nfe=steps, steps=steps)
+    if preset.learned and _starts_at_sigma_max(sigmas, facts):
+        own = phi_sigmas(bind_to_model(preset.coefficients, facts), facts).to(sigmas)
+        if _reaches_end(sigmas, own):
+            if not torch.allclose(own, sigmas, rtol=1e-4, atol=1e-6):
+                LOG.info("DyWeight: %s runs on its own learned schedule instead of the scheduler's %d steps",
+                         preset.describe(), steps)
+            LOG.info("DyWeight: %s, %s, %d steps: using %s", facts.family, facts.prediction, steps, preset.describe())
+            return preset.coefficients, own
+    for candidate in registry.candidates(facts.family, facts.prediction):
+        if candidate.learned and candidate.coefficients.steps > steps:
+            own = phi_sigmas(bind_to_model(candidate.coefficients, facts), facts).to(sigmas)
+            start = _slice_start(own, sigmas)
+            if start is not None:
+                LOG.info("DyWeight: steps %d–%d of %s (a slice of the schedule it was learned for)",
+                         start, start + steps - 1, candidate.describe())
+                return candidate.coefficients.steps_slice(start, start + steps), sigmas
+    fallback = adams_bashforth(steps, 4, final_denoise=float(sigmas[-1]) == 0.0,
+                               prediction="flow" if facts.prediction == "flow" else None)
+    what = "a slice of a schedule no learned Φ was made for" if preset.learned else preset.describe()
+    LOG.info("DyWeight: %s, %s, %d steps: Adams–Bashforth (%s)", facts.family, facts.prediction, steps, what)
+    return fallback, sigmas
+
+
+def _starts_at_sigma_max(sigmas: torch.Tensor, facts) -> bool:
+    return abs(float(sigmas[0]) - facts.sigma_max) <= 1e-3 * facts.sigma_max
+
+
+def _reaches_end(sigmas: torch.Tensor, own: torch.Tensor) -> bool:
+    """Whether a schedule runs down to where the Φ's ends (σ_min) or further (0)."""
+    return float(sigmas[-1]) <= float(own[-1]) * (1 + 1e-4) + 1e-6
+
+
+def _slice_start(grid: torch.Tensor, sigmas: torch.Tensor):
+    """The index at which ``sigmas`` lie in ``grid`` as a contiguous run, or ``None``."""
+    for start in range(len(grid) - len(sigmas) + 1):
+        if torch.allclose(grid[start:start + len(sigmas)], sigmas, rtol=1e-4, atol=1e-6):
+            return start
+    return None
 
 
 def without_afs_below_sigma_max(phi: Coefficients, sigmas, facts) -> Coefficients:
@@ -42,8 +88,9 @@ def sample_dyweight(model, x, sigmas, extra_args=None, callback=None, disable=No
     """Sample with Φ = ``coefficients``, or with the preset for this model and ``len(sigmas) − 1`` steps."""
     extra_args = {} if extra_args is None else extra_args
     facts = facts_from_sampler_model(model)
-    phi = coefficients if coefficients is not None else preset_for_steps(facts, len(sigmas) - 1)
-    phi = without_afs_below_sigma_max(bind_to_model(phi, facts), sigmas, facts)
+    if coefficients is None:
+        coefficients, sigmas = coefficients_for_sigmas(facts, sigmas)
+    phi = without_afs_below_sigma_max(bind_to_model(coefficients, facts), sigmas, facts)
     s_in = x.new_ones([x.shape[0]])
 
     def denoise(latent, sigma):

@@ -26,27 +26,60 @@ def denoise_input(tooltip: str) -> tuple:
     return ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": tooltip})
 
 
+#: How the NFE dropdown marks the NFE values that a learned Φ exists for.
+LEARNED_MARK = " (learned)"
+#: denoise at or above this is text-to-image (the whole schedule).
+FULL_DENOISE = 0.9999
+
+
 def nfe_choices() -> list:
-    return [str(nfe) for nfe in preset_registry().available_nfe()]
+    """Every NFE some Φ exists for, marked where a learned one (yours, official or shipped DSS) does."""
+    registry = preset_registry()
+    learned = set(registry.learned_nfe())
+    return [f"{nfe}{LEARNED_MARK if nfe in learned else ''}" for nfe in registry.available_nfe()]
+
+
+def nfe_of(choice) -> int:
+    """The NFE of a dropdown entry ("5", "5 (learned)"; workflows saved before the marks hold plain numbers)."""
+    try:
+        return int(str(choice).split()[0])
+    except (ValueError, IndexError):
+        raise ValueError(f"steps must be a number of model calls, got {choice!r}") from None
 
 
 def steps_input() -> tuple:
     choices = nfe_choices()
-    default = "5" if "5" in choices else choices[0]
-    return (choices, {"default": default, "tooltip": "Model calls (NFE). The list shows the NFE values that "
-                                                     "coefficients exist for; others fall back to Adams–Bashforth."})
+    default = next((choice for choice in choices if nfe_of(choice) == 5), choices[0])
+    return (choices, {"default": default, "tooltip": "Model calls (NFE). '(learned)' marks the NFE values a "
+                                                     "learned solver exists for (yours, the paper's or the shipped "
+                                                     "DSS tables, if it fits your model); others run Adams–Bashforth."})
 
 
-def coefficients_for(model, steps, coefficients: Coefficients | None):
-    """(model facts, the Φ bound to the model) — connected Φ, or the preset for (family, prediction, NFE)."""
+def validate_steps(steps) -> bool | str:
+    """VALIDATE_INPUTS for ``steps``: any entry whose leading number is a listed NFE, so a workflow saved
+    with "5" still runs once NFE 5 is marked "(learned)"."""
+    try:
+        nfe = nfe_of(steps)
+    except ValueError as error:
+        return str(error)
+    return True if nfe in preset_registry().available_nfe() else f"no coefficients for NFE {nfe}"
+
+
+def coefficients_for(model, steps, coefficients: Coefficients | None, denoise: float = 1.0):
+    """(model facts, the Φ bound to the model, what it is) — the connected Φ, or the preset for (family,
+    prediction, NFE); for img2img (denoise < 1) a preset that can run part of its schedule."""
     facts = facts_from_patcher(model)
+    nfe = nfe_of(steps)
     if coefficients is None:
-        preset = preset_registry().find(facts.family, facts.prediction, int(steps))
-        LOG.info("DyWeight: %s, %s, NFE %s: using %s", facts.family, facts.prediction, steps, preset.label)
+        preset = preset_registry().find(facts.family, facts.prediction, nfe, fixed_grid=denoise >= FULL_DENOISE)
+        what = preset.describe()
         coefficients = preset.coefficients
-    elif str(coefficients.nfe) != str(steps):
-        LOG.info("DyWeight: connected coefficients have NFE %d; `steps` (%s) is ignored", coefficients.nfe, steps)
-    return facts, bind_to_model(coefficients, facts)
+    else:
+        what = f"connected coefficients ({coefficients.solver}, NFE {coefficients.nfe})"
+        if coefficients.nfe != nfe:
+            LOG.info("DyWeight: connected coefficients have NFE %d; `steps` (%s) is ignored", coefficients.nfe, steps)
+    LOG.info("DyWeight: %s, %s, NFE %s: using %s", facts.family, facts.prediction, nfe, what)
+    return facts, bind_to_model(coefficients, facts), what
 
 
 def dyweight_sampler_object(coefficients: Coefficients | None):
@@ -99,11 +132,15 @@ class KSamplerDyWeight:
             "optional": OPTIONAL_COEFFICIENTS,
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps):
+        return validate_steps(steps)
+
     def sample(self, model, seed, steps, cfg, positive, negative, latent_image, denoise=1.0, coefficients=None):
-        facts, phi = coefficients_for(model, steps, coefficients)
+        facts, phi, what = coefficients_for(model, steps, coefficients, denoise)
         sigmas = phi_sigmas(phi, facts, denoise)
         latent = sample_custom(model, seed, cfg, positive, negative, latent_image, dyweight_sampler_object(phi), sigmas)
-        return {"ui": {PHI_OUTPUT: [phi_to_json(phi)]}, "result": (latent,)}
+        return {"ui": {PHI_OUTPUT: [phi_to_json(phi)], "text": [f"DyWeight ran {what}"]}, "result": (latent,)}
 
 
 class DyWeightSampler:
@@ -140,6 +177,10 @@ class DyWeightSigmas:
             "optional": OPTIONAL_COEFFICIENTS,
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps):
+        return validate_steps(steps)
+
     def get_sigmas(self, model, steps, denoise=1.0, coefficients=None):
-        facts, phi = coefficients_for(model, steps, coefficients)
+        facts, phi, _ = coefficients_for(model, steps, coefficients, denoise)
         return (phi_sigmas(phi, facts, denoise),)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..coefficients import Coefficients, base_sigmas
+from ..coefficients.presets import FIXED_GRIDS
 from ..host.model_facts import ModelFacts, comfy_sigmas, ddpm_time_sigmas
-
-FIXED_GRIDS = ("explicit", "ddpm_time")
 
 
 def _schedule_sigmas(phi: Coefficients, facts: ModelFacts, steps: int) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch
 
 from ..coefficients import Coefficients
 from ..coefficients.errors import CoefficientError
+from ..coefficients.presets import OFFICIAL_RELEASE
 from ..coefficients.schedules import flux_sigmas
 from ..version import __version__
 from .safe_unpickle import ExternalReference, PersistentRecord, load_release_object
@@ -44,7 +45,7 @@ from .safe_unpickle import ExternalReference, PersistentRecord, load_release_obj
 __all__ = ["ReleaseImportError", "import_release_file", "import_release_files", "release_sources",
            "output_name", "flux_resolution_mu", "release_schedule", "DEFAULT_FLUX_RESOLUTION"]
 
-RELEASE = "Westlake-AGI-Lab/DyWeight"
+RELEASE = OFFICIAL_RELEASE
 F64 = torch.float64
 
 #: FLUX.1-dev's scheduler config (base/max image sequence length and shift): μ = 0.63 at 512², 1.15 at 1024².

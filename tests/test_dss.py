@@ -253,9 +253,10 @@ def test_file_without_the_new_keys_reads_as_dyweight_gradient(tmp_path):
     assert (loaded.solver, loaded.combine, loaded.source) == ("dyweight", "gradient", None)
 
 
-def test_shipped_dss_presets_are_not_picked_automatically_but_user_copies_are(tmp_path):
+def test_shipped_dss_presets_serve_their_prediction_type_and_user_copies_come_first(tmp_path):
     registry = PresetRegistry()
-    assert registry.find("Flux", "flow", 6).coefficients.solver == "dyweight"
-    assert registry.find("SD15", "eps", 6).coefficients.solver == "dyweight"
+    assert registry.find("Flux", "flow", 6).path.name == "dss-flow-sit-nfe6.safetensors"
+    assert registry.find("SD15", "eps", 6).path.name == "dss-ddpm-dit-nfe6.safetensors"
+    assert registry.find("SD20", "v", 6).coefficients.solver == "dyweight"  # searched on ε-prediction only
     shipped("flow_sit", 6).save(tmp_path / "sit-nfe6.safetensors", dtype=F64)
     assert PresetRegistry([tmp_path]).find("Flux", "flow", 6).path == tmp_path / "sit-nfe6.safetensors"

@@ -5,11 +5,12 @@ import logging
 import os
 
 import pytest
+import pytest
 import torch
 
 from comfyui_dyweight.coefficients import Coefficients, CoefficientFileError, PresetRegistry, adams_bashforth
 from comfyui_dyweight.coefficients import presets
-from comfyui_dyweight.coefficients.presets import SHIPPED_DIR, SHIPPED_NFE, write_shipped_presets
+from comfyui_dyweight.coefficients.presets import OFFICIAL_RELEASE, SHIPPED_DIR, SHIPPED_NFE, write_shipped_presets
 
 
 def test_shipped_presets_are_up_to_date(tmp_path):
@@ -28,7 +29,11 @@ def test_shipped_presets_cover_nfe_3_to_10_for_eps_and_flow():
         for prediction, scheduler in (("eps", "karras"), ("v", "karras"), ("flow", "simple")):
             preset = registry.find("SD15", prediction, nfe)
             assert preset.path is not None and preset.path.is_relative_to(SHIPPED_DIR)
-            assert preset.coefficients.nfe == nfe and preset.coefficients.schedule["scheduler"] == scheduler
+            assert preset.coefficients.nfe == nfe
+            if nfe >= 5 and prediction != "v":  # the DSS tables, searched for 5–10 steps on ε and flow models
+                assert preset.origin == "shipped DSS" and preset.coefficients.prediction == prediction
+                continue
+            assert preset.origin == "Adams–Bashforth" and preset.coefficients.schedule["scheduler"] == scheduler
             assert torch.equal(preset.coefficients.weights, adams_bashforth(nfe).weights.float())
 
 
@@ -46,7 +51,47 @@ def test_lookup_prefers_user_files_and_exact_family(tmp_path):
     assert registry.find("SD21", "eps", 5).path.name == "eps-nfe5.safetensors"
     assert registry.find("SDXL", "v", 5).path.name == "sdxl-v-nfe5.safetensors"
     assert registry.find("SDXL", "eps", 5).path.name == "eps-nfe5.safetensors"  # v-pred Φ never serves eps
-    assert registry.find("SDXL", "flow", 5).path.name == "ab-flow-nfe5.safetensors"
+    assert registry.find("SDXL", "flow", 5).path.name == "dss-flow-sit-nfe5.safetensors"
+
+
+def official(nfe, family, prediction):
+    phi = trained(nfe, family, prediction, 0.95)
+    return dataclasses.replace(phi, training={**phi.training, "source": f"{OFFICIAL_RELEASE} (released coefficients)"})
+
+
+@pytest.mark.parametrize("prediction, table", [("eps", "dss-ddpm-dit-nfe6"), ("flow", "dss-flow-sit-nfe6"),
+                                               ("v", None)])
+def test_resolution_order_user_then_official_then_shipped_dss_then_adams_bashforth(tmp_path, prediction, table):
+    """Remove the most specific file one at a time: each step falls to the next kind of Φ."""
+    files = {"user-family": trained(6, "SD15", prediction), "user-any": trained(6, None, prediction),
+             "official": official(6, "SD15", prediction), "official-other": official(6, "SDXL", prediction)}
+    for name, phi in files.items():
+        phi.save(tmp_path / f"{name}.safetensors")
+    registry = PresetRegistry([tmp_path])
+    picked = []
+    for name in ("user-family", "user-any", "official"):
+        preset = registry.find("SD15", prediction, 6)
+        picked.append((preset.path.stem, preset.origin))
+        (tmp_path / f"{name}.safetensors").unlink()
+    fallback = registry.find("SD15", prediction, 6)
+    assert picked == [("user-family", "user"), ("user-any", "user"), ("official", "official")]
+    if table is None:  # no shipped table for this prediction type: another family's official Φ never serves
+        assert fallback.origin == "Adams–Bashforth" and fallback.path.name == "ab-nfe6.safetensors"
+    else:
+        assert (fallback.path.stem, fallback.origin) == (table, "shipped DSS")
+        assert fallback.coefficients.prediction == prediction and fallback.learned
+    assert registry.find("SD15", prediction, 4).origin == "Adams–Bashforth"  # no table for 4 steps
+    other = {"eps": "flow", "flow": "eps", "v": "flow"}[prediction]
+    assert all(p.coefficients.prediction in (None, prediction) for p in registry.candidates("SD15", prediction))
+    assert registry.find("SD15", other, 6).coefficients.prediction != prediction
+
+
+def test_nfe_dropdown_marks_the_learned_nfe(tmp_path):
+    trained(3, "SD15", "eps").save(tmp_path / "mine-nfe3.safetensors")
+    registry = PresetRegistry([tmp_path])
+    assert registry.learned_nfe() == [3, 5, 6, 7, 8, 9, 10]
+    assert registry.learned_nfe("SD20", "v") == []  # the shipped tables serve ε and flow models only
+    assert registry.learned_nfe("SD15", "eps") == [3, 5, 6, 7, 8, 9, 10]
 
 
 def test_fallback_without_any_file_is_adams_bashforth(tmp_path):

@@ -244,7 +244,7 @@ def test_preset_route_is_what_ksampler_dyweight_picks(dw, user_folder):
     assert status == 200 and phi["name"] == "shipped/adams_bashforth/ab-nfe5.safetensors" and phi["nfe"] == 5
     assert phi["preset"]["source"] == "file"
     assert status_sd15 == 200 and sd15["name"] == "sd15-nfe4.safetensors" and sd15["model_family"] == "SD15"
-    assert status_flow == 200 and flow["name"] == "shipped/adams_bashforth/ab-flow-nfe7.safetensors"
+    assert status_flow == 200 and flow["name"] == "shipped/dss/dss-flow-sit-nfe7.safetensors"  # the learned default
     assert status_eps_other == 200 and other["name"] == "shipped/adams_bashforth/ab-nfe4.safetensors"
 
     [(s1, _), (s2, missing), (s3, bad), (s4, _), (s5, _), (s6, builtin)] = _get(
