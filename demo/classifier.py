@@ -56,12 +56,14 @@ class DigitsFeatureSpace:
     """The trained classifier plus the held-out real digits, as :func:`load_classifier` returns them.
 
     ``heldout_images`` (N, 1, 16, 16) in [−1, 1], ``heldout_labels`` (N,), ``reference_features`` their
-    features (float64, N × D), ``metadata`` the file's metadata (training settings, accuracy).
+    features (float64, N × D), ``metadata`` the file's metadata (training settings, accuracy), ``path``
+    the file.
     """
 
     def __init__(self, network: DigitsClassifier, heldout_digits: torch.Tensor, heldout_labels: torch.Tensor,
-                 metadata: dict):
+                 metadata: dict, path: str):
         self.network = network.eval().requires_grad_(False)
+        self.path = path
         self.heldout_images = digits_to_images(heldout_digits)
         self.heldout_labels = heldout_labels.long()
         self.metadata = metadata
@@ -99,4 +101,4 @@ def load_classifier(path: Optional[str] = None) -> DigitsFeatureSpace:
     network = DigitsClassifier(tuple(json.loads(metadata["channels"])), int(metadata["features"]))
     network.load_state_dict({name[len("network."):]: value for name, value in tensors.items()
                              if name.startswith("network.")}, strict=True)
-    return DigitsFeatureSpace(network, tensors[HELDOUT_DIGITS], tensors[HELDOUT_LABELS], metadata)
+    return DigitsFeatureSpace(network, tensors[HELDOUT_DIGITS], tensors[HELDOUT_LABELS], metadata, path)
