@@ -79,6 +79,11 @@ def label(name: str) -> str:
     return LABELS.get(solver, solver) + (" (pack)" if source == "pack" else "")
 
 
+def column_labels(hand_made: list) -> dict:
+    """name → column label for the hand-made solvers, the untrained Φ and DyWeight, in column order."""
+    return {**{name: label(name) for name in hand_made}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
+
+
 def markdown(document: dict) -> str:
     names = document["hand_made"]
     header = ["NFE", *map(label, names), "AB3+AFS (untrained Φ)", "**DyWeight**", "DyWeight / best", "bar ≤ 0.6"]
@@ -99,7 +104,7 @@ def markdown(document: dict) -> str:
         cells.append(("yes" if row["ratio"] <= BAR else "**no**") if row["nfe"] in BAR_NFE else "")
         lines.append(cells)
     reference = document["fd_reference"]
-    labels = {**{name: label(name) for name in names}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
+    labels = column_labels(names)
     teacher = f"Teacher (Heun, {2 * document['settings']['distill']['teacher_steps']} NFE)"
     return (f"Test RMSE to the teacher (PSNR dB) over {document['test_seeds']} fresh seeds, demo model; "
             f"hand-made solvers: {document['source']}.\n\n" + pipeline.format_table(header, lines)
@@ -161,12 +166,12 @@ def main(argv=None) -> int:
     write_text_atomic(out / "quality.md", f"# Quality: DyWeight vs hand-made solvers (bench/quality.py)\n\n"
                       f"Measured on {_machine_line(document['machine'])}.\n\n" + table)
     write_text_atomic(out / "quality.json", json.dumps(document, indent=1) + "\n")
-    plotted = [*solvers, "init", "dyweight"]
-    labels = {**{name: label(name) for name in solvers}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
-    figures.error_plot(out / "quality.png", list(settings.distill.nfe),
-                       {name: [row["solvers"][name]["rmse"] for row in rows] for name in plotted},
-                       {name: [row["solvers"][name]["psnr"] for row in rows] for name in plotted}, labels,
-                       title=f"Demo model: test error to the teacher, {settings.test_pairs} seeds", dpi=72)
+    labels = column_labels(list(solvers))
+    series = {figure: {name: [row["solvers"][name][figure] for row in rows] for name in labels}
+              for figure in ("rmse", "psnr", "fd")}
+    figures.error_plot(out / "quality.png", list(settings.distill.nfe), series["rmse"], series["psnr"], labels,
+                       title=f"Demo model: test error to the teacher and FD to real digits, {settings.test_pairs} seeds",
+                       dpi=72, fd=series["fd"], fd_floor=document["fd_reference"]["teacher_fd"])
     checked = [row["ratio"] <= BAR for row in rows if row["nfe"] in BAR_NFE]
     print(f"bar (DyWeight ≤ {BAR} × best hand-made at NFE {', '.join(map(str, BAR_NFE))}): "
           f"{'met' if checked and all(checked) else 'NOT met'}; results in {out}")

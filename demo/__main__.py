@@ -4,7 +4,7 @@ Distils DyWeight coefficients Φ for NFE 3–6 from a many-step teacher, then sa
 Euler, iPNDM, DPM-Solver++(2M) and DyWeight at the same number of model calls, and writes:
 
     <out>/grid.png              teacher vs each solver, same seeds, one row per NFE
-    <out>/error_vs_nfe.png      RMSE and PSNR to the teacher against NFE (needs matplotlib)
+    <out>/error_vs_nfe.png      RMSE and PSNR to the teacher, and FD, against NFE (needs matplotlib)
     <out>/table.md              the printed tables: RMSE/PSNR to the teacher, and the Fréchet distance
                                 to held-out real digits (a digits classifier's features, as FID does)
     <out>/results.json          table, settings, timings (teacher cache hit or not), machine
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     timings["evaluation_s"] = time.monotonic() - clock
 
     clock = time.monotonic()
-    outputs = write_outputs(out, settings, model, result, rows, images, test, teacher_nfe)
+    outputs = write_outputs(out, settings, model, result, rows, images, test, teacher_nfe, teacher_fd)
     timings["outputs_s"] = time.monotonic() - clock
     timings.update(teacher={"train": {"cache_hit": train_run.cache_hit, "generation_s": train_run.seconds},
                             "test": {"cache_hit": test.cache_hit, "generation_s": test.seconds}},
@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_outputs(out: Path, settings, model, result, rows, images, test, teacher_nfe: int) -> list:
+def write_outputs(out: Path, settings, model, result, rows, images, test, teacher_nfe: int,
+                  teacher_fd: float) -> list:
     written = []
     for nfe, phi in result.coefficients.items():
         path = out / "phi" / f"digits-edm-nfe{nfe}.safetensors"
@@ -181,10 +182,12 @@ def write_outputs(out: Path, settings, model, result, rows, images, test, teache
     plotted = list(LABELS)
     rmse = {name: [row["solvers"][name]["rmse"] for row in rows] for name in plotted}
     psnr = {name: [row["solvers"][name]["psnr"] for row in rows] for name in plotted}
+    fd = {name: [row["solvers"][name]["fd"] for row in rows] for name in plotted}
     plot = out / "error_vs_nfe.png"
     if figures.error_plot(plot, nfes, rmse, psnr, labels,
-                          title=f"Digits EDM model: error to the teacher (Heun, {teacher_nfe} NFE) on "
-                                f"{settings.test_pairs} test seeds"):
+                          title=f"Digits EDM model: error to the teacher (Heun, {teacher_nfe} NFE) and Fréchet "
+                                f"distance to real digits on {settings.test_pairs} test seeds",
+                          fd=fd, fd_floor=teacher_fd):
         written.append(plot)
     return written
 
