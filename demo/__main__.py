@@ -130,7 +130,8 @@ def main(argv=None) -> int:
               + pipeline.markdown_table(rows)
               + f"\nFréchet distance (FD) of the same {settings.test_pairs} images to {fd_reference['heldout_digits']} "
               f"held-out real digits, in the {fd_reference['features']}-d features of the demo's digits classifier; "
-              f"lower is better, the teacher's is the floor.\n\n"
+              f"lower is better; the teacher's is the reference, and with {settings.test_pairs} images differences "
+              f"of about 10 are sampling noise.\n\n"
               + pipeline.fd_table(rows, LABELS, f"Teacher (Heun, {teacher_nfe} NFE)", teacher_fd))
     write_text_atomic(out / "table.md", tables)
     write_text_atomic(out / "results.json", json.dumps(document, indent=1) + "\n")
@@ -187,7 +188,7 @@ def write_outputs(out: Path, settings, model, result, rows, images, test, teache
     if figures.error_plot(plot, nfes, rmse, psnr, labels,
                           title=f"Digits EDM model: error to the teacher (Heun, {teacher_nfe} NFE) and Fréchet "
                                 f"distance to real digits on {settings.test_pairs} test seeds",
-                          fd=fd, fd_floor=teacher_fd):
+                          fd=fd, fd_teacher=teacher_fd):
         written.append(plot)
     return written
 

@@ -153,9 +153,9 @@ def comparison_grid(path, title: Sequence[str], columns: Sequence[str], rows: Se
 # --- the error-vs-NFE plot -----------------------------------------------------------------------
 def error_plot(path, nfes: Sequence[int], rmse: dict, psnr: dict, labels: dict, title: str,
                highlight: str = "dyweight", dashed: Sequence[str] = ("init",), dpi: int = 100,
-               fd: Optional[dict] = None, fd_floor: Optional[float] = None) -> bool:
+               fd: Optional[dict] = None, fd_teacher: Optional[float] = None) -> bool:
     """RMSE (log scale) and PSNR to the teacher against NFE, one line per solver, and with ``fd`` a third
-    panel: the Fréchet distance to real digits (log scale), ``fd_floor`` (the teacher's) as a dotted line.
+    panel: the Fréchet distance to real digits (log scale), ``fd_teacher`` (the teacher's) as a dotted line.
 
     ``rmse``/``psnr``/``fd``: solver → one figure per NFE (None where missing). Returns False, after
     printing a hint, when matplotlib is not installed.
@@ -190,9 +190,9 @@ def error_plot(path, nfes: Sequence[int], rmse: dict, psnr: dict, labels: dict, 
     if fd is not None:
         axes[2].set(xlabel="NFE (model calls per image)", ylabel="FD to held-out real digits (lower is better)",
                     yscale="log")
-        if fd_floor is not None:
-            axes[2].axhline(fd_floor, color="0.2", ls=":", lw=1.2)
-            axes[2].annotate("teacher", (nfes[-1], fd_floor), textcoords="offset points", xytext=(0, 4),
+        if fd_teacher is not None:
+            axes[2].axhline(fd_teacher, color="0.2", ls=":", lw=1.2)
+            axes[2].annotate("teacher", (nfes[-1], fd_teacher), textcoords="offset points", xytext=(0, 4),
                              ha="right", fontsize=8, color="0.2")
         logarithmic.append(axes[2])
 
