@@ -1,5 +1,5 @@
-"""Fréchet distance between two sets of feature vectors (the FID of Heusel et al. 2017, "GANs Trained by a
-Two Time-Scale Update Rule Converge to a Local Nash Equilibrium", eq. 6, in any feature space).
+"""Fréchet distance between two sets of feature vectors: the formula of FID (Heusel et al. 2017, "GANs
+Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"), in any feature space.
 
 Each set is summarised by the Gaussian with its mean μ and covariance Σ, and the distance is the
 2-Wasserstein (Fréchet) distance between the two Gaussians (Dowson & Landau 1982):
