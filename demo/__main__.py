@@ -4,8 +4,9 @@ Distils DyWeight coefficients Φ for NFE 3–6 from a many-step teacher, then sa
 Euler, iPNDM, DPM-Solver++(2M) and DyWeight at the same number of model calls, and writes:
 
     <out>/grid.png              teacher vs each solver, same seeds, one row per NFE
-    <out>/error_vs_nfe.png      RMSE and PSNR to the teacher against NFE (needs matplotlib)
-    <out>/table.md              the printed table
+    <out>/error_vs_nfe.png      RMSE and PSNR to the teacher, and FD, against NFE (needs matplotlib)
+    <out>/table.md              the printed tables: RMSE/PSNR to the teacher, and the Fréchet distance
+                                to held-out real digits (a digits classifier's features, as FID does)
     <out>/results.json          table, settings, timings (teacher cache hit or not), machine
     <out>/phi/*.safetensors     the distilled Φ files (loadable by the ComfyUI nodes)
     <out>/training-*            the trainer's own held-out report and loss curves
@@ -31,7 +32,8 @@ import torch  # noqa: E402
 from ..atomic import write_text_atomic  # noqa: E402
 from ..trainer.report import write_report  # noqa: E402
 from . import figures, pipeline  # noqa: E402
-from .pipeline import HAND_MADE, SOLVERS  # noqa: E402
+from .classifier import load_classifier  # noqa: E402
+from .pipeline import LABELS, SOLVERS  # noqa: E402
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
 
     clock = time.monotonic()
     model = pipeline.demo_model()
+    space = load_classifier()
     timings["load_s"] = time.monotonic() - clock
     config = settings.distill
     teacher_nfe = 2 * config.teacher_steps  # Heun on a grid that ends at σ_min: two calls per step
@@ -98,11 +101,12 @@ def main(argv=None) -> int:
     timings["distil_s"] = time.monotonic() - clock
 
     clock = time.monotonic()
-    rows, images = pipeline.evaluate(model, result.coefficients, test, settings)
+    rows, images = pipeline.evaluate(model, result.coefficients, test, settings, space)
+    teacher_fd = space.frechet_distance(test.pairs.target)
     timings["evaluation_s"] = time.monotonic() - clock
 
     clock = time.monotonic()
-    outputs = write_outputs(out, settings, model, result, rows, images, test, teacher_nfe)
+    outputs = write_outputs(out, settings, model, result, rows, images, test, teacher_nfe, teacher_fd)
     timings["outputs_s"] = time.monotonic() - clock
     timings.update(teacher={"train": {"cache_hit": train_run.cache_hit, "generation_s": train_run.seconds},
                             "test": {"cache_hit": test.cache_hit, "generation_s": test.seconds}},
@@ -114,17 +118,26 @@ def main(argv=None) -> int:
     if not result.timings["teacher_cache_hit"]:
         notes.append("the trainer ran the teacher again instead of using the pairs generated for it "
                      "(their cache keys differ): the run took longer than it should")
-    table = pipeline.markdown_table(rows)
+    fd_reference = {"teacher_fd": teacher_fd, "heldout_digits": len(space.heldout_labels),
+                    "features": int(space.reference_features.shape[1]),
+                    "classifier_sha256": pipeline.file_sha256(space.path)}
     document = {"settings": settings.as_dict(), "quick": arguments.quick, "model": pipeline.model_facts(model),
                 "machine": pipeline.machine(), "cache_dir": str(cache_dir), "timings": timings, "table": rows,
-                "bar": verdict, "notes": notes, "outputs": [str(path) for path in outputs]}
-    heading = (f"Test RMSE (PSNR) to the teacher over {settings.test_pairs} fresh seeds; lower RMSE is better. "
-               f"DyWeight's first step is analytical (no model call), so it gets the same model calls.\n\n")
-    write_text_atomic(out / "table.md", heading + table)
+                "fd_reference": fd_reference, "bar": verdict, "notes": notes,
+                "outputs": [str(path) for path in outputs]}
+    tables = (f"Test RMSE (PSNR) to the teacher over {settings.test_pairs} fresh seeds; lower RMSE is better. "
+              f"DyWeight's first step is analytical (no model call), so it gets the same model calls.\n\n"
+              + pipeline.markdown_table(rows)
+              + f"\nFréchet distance (FD) of the same {settings.test_pairs} images to {fd_reference['heldout_digits']} "
+              f"held-out real digits, in the {fd_reference['features']}-d features of the demo's digits classifier; "
+              f"lower is better; the teacher's is the reference, and with {settings.test_pairs} images differences "
+              f"of about 10 are sampling noise.\n\n"
+              + pipeline.fd_table(rows, LABELS, f"Teacher (Heun, {teacher_nfe} NFE)", teacher_fd))
+    write_text_atomic(out / "table.md", tables)
     write_text_atomic(out / "results.json", json.dumps(document, indent=1) + "\n")
 
     print()
-    print(heading + table)
+    print(tables)
     if not arguments.quick:
         print(f"bar (DyWeight ≤ {pipeline.BAR:g} × the best hand-made solver's RMSE at NFE "
               f"{', '.join(map(str, verdict['nfe']))}): {'met' if verdict['met'] else 'NOT met'}")
@@ -137,7 +150,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_outputs(out: Path, settings, model, result, rows, images, test, teacher_nfe: int) -> list:
+def write_outputs(out: Path, settings, model, result, rows, images, test, teacher_nfe: int,
+                  teacher_fd: float) -> list:
     written = []
     for nfe, phi in result.coefficients.items():
         path = out / "phi" / f"digits-edm-nfe{nfe}.safetensors"
@@ -165,14 +179,16 @@ def write_outputs(out: Path, settings, model, result, rows, images, test, teache
     written.append(grid)
 
     nfes = [row["nfe"] for row in rows]
-    labels = {**HAND_MADE, "dyweight": "DyWeight (distilled)"}
-    plotted = [*HAND_MADE, "dyweight"]
+    labels = {**LABELS, "dyweight": "DyWeight (distilled)"}
+    plotted = list(LABELS)
     rmse = {name: [row["solvers"][name]["rmse"] for row in rows] for name in plotted}
     psnr = {name: [row["solvers"][name]["psnr"] for row in rows] for name in plotted}
+    fd = {name: [row["solvers"][name]["fd"] for row in rows] for name in plotted}
     plot = out / "error_vs_nfe.png"
     if figures.error_plot(plot, nfes, rmse, psnr, labels,
-                          title=f"Digits EDM model: error to the teacher (Heun, {teacher_nfe} NFE) on "
-                                f"{settings.test_pairs} test seeds"):
+                          title=f"Digits EDM model: error to the teacher (Heun, {teacher_nfe} NFE) and Fréchet "
+                                f"distance to real digits on {settings.test_pairs} test seeds",
+                          fd=fd, fd_teacher=teacher_fd):
         written.append(plot)
     return written
 

@@ -152,11 +152,13 @@ def comparison_grid(path, title: Sequence[str], columns: Sequence[str], rows: Se
 
 # --- the error-vs-NFE plot -----------------------------------------------------------------------
 def error_plot(path, nfes: Sequence[int], rmse: dict, psnr: dict, labels: dict, title: str,
-               highlight: str = "dyweight", dashed: Sequence[str] = ("init",), dpi: int = 100) -> bool:
-    """RMSE (log scale) and PSNR to the teacher against NFE, one line per solver.
+               highlight: str = "dyweight", dashed: Sequence[str] = ("init",), dpi: int = 100,
+               fd: Optional[dict] = None, fd_teacher: Optional[float] = None) -> bool:
+    """RMSE (log scale) and PSNR to the teacher against NFE, one line per solver, and with ``fd`` a third
+    panel: the Fréchet distance to real digits (log scale), ``fd_teacher`` (the teacher's) as a dotted line.
 
-    ``rmse``/``psnr``: solver → one figure per NFE (None where missing). Returns False, after printing a
-    hint, when matplotlib is not installed.
+    ``rmse``/``psnr``/``fd``: solver → one figure per NFE (None where missing). Returns False, after
+    printing a hint, when matplotlib is not installed.
     """
     try:
         import matplotlib
@@ -167,9 +169,10 @@ def error_plot(path, nfes: Sequence[int], rmse: dict, psnr: dict, labels: dict, 
         print(f"(matplotlib is not installed: skipped the plot {path}; "
               "`pip install -e '.[plots]'` or `bash scripts/bootstrap.sh demo` to get it)")
         return False
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.1 + 0.25 * (len(rmse) > 5)))
+    panels = [rmse, psnr] + ([fd] if fd is not None else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.1 + 0.25 * (len(rmse) > 5)))
     markers = "osD^v<>ph*"
-    for index, (name, values) in enumerate(rmse.items()):
+    for index, name in enumerate(rmse):
         strong = name == highlight
         style = dict(marker=markers[index % len(markers)], ms=6 if strong else 4, lw=2.6 if strong else 1.2,
                      label=labels.get(name, name), zorder=3 if strong else 2)
@@ -177,24 +180,35 @@ def error_plot(path, nfes: Sequence[int], rmse: dict, psnr: dict, labels: dict, 
             style["color"] = "#145ac8"
         if name in dashed:
             style.update(ls="--", color="0.45")
-        for axis, series in zip(axes, (values, psnr[name])):
-            points = [(n, v) for n, v in zip(nfes, series) if v is not None and math.isfinite(v)]
+        for axis, panel in zip(axes, panels):
+            points = [(n, v) for n, v in zip(nfes, panel[name]) if v is not None and math.isfinite(v)]
             if points:
                 axis.plot(*zip(*points), **style)
     axes[0].set(xlabel="NFE (model calls per image)", ylabel="RMSE to teacher (lower is better)", yscale="log")
     axes[1].set(xlabel="NFE (model calls per image)", ylabel="PSNR to teacher, dB (higher is better)")
+    logarithmic = [axes[0]]
+    if fd is not None:
+        axes[2].set(xlabel="NFE (model calls per image)", ylabel="FD to held-out real digits (lower is better)",
+                    yscale="log")
+        if fd_teacher is not None:
+            axes[2].axhline(fd_teacher, color="0.2", ls=":", lw=1.2)
+            axes[2].annotate("teacher", (nfes[-1], fd_teacher), textcoords="offset points", xytext=(0, 4),
+                             ha="right", fontsize=8, color="0.2")
+        logarithmic.append(axes[2])
+
     def label(value, _position):
         leading = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
         return f"{value:g}" if round(leading) in (1, 2, 3, 5) else ""
 
-    axes[0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(label))
-    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(label))
-    axes[0].tick_params(axis="y", which="minor", labelsize=7)
+    for axis in logarithmic:
+        axis.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(label))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(label))
+        axis.tick_params(axis="y", which="minor", labelsize=7)
     for axis in axes:
         axis.set_xticks(list(nfes))
         axis.grid(alpha=0.3, which="both")
     handles, names = axes[0].get_legend_handles_labels()
-    columns = min(len(names), 5)
+    columns = min(len(names), 5 if len(panels) == 2 else 7)
     figure.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout(rect=(0, 0.055 * math.ceil(len(names) / columns), 1, 1))

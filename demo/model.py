@@ -33,6 +33,7 @@ __all__ = [
     "TinyUNet",
     "EDMDenoiser",
     "build_denoiser",
+    "digits_to_images",
     "load_demo_model",
 ]
 
@@ -54,6 +55,18 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "sigma_min": 0.002,
     "sigma_max": 80.0,
 }
+
+
+def digits_to_images(values: torch.Tensor, image_size: int = 16) -> torch.Tensor:
+    """scikit-learn digit values (N, 8, 8), integers 0..16 -> float32 (N, 1, image_size, image_size) in [-1, 1].
+
+    ``x / 16 * 2 - 1``, then bilinear upsampling (``align_corners=False``): the preprocessing of the
+    diffusion model's training data and of the classifier behind the demo's Fréchet distance.
+    """
+    x = torch.as_tensor(values).to(torch.float32)[:, None] / 16.0 * 2.0 - 1.0
+    if image_size != x.shape[-1]:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x.clamp(-1.0, 1.0).contiguous()
 
 
 def _groups(ch: int) -> int:

@@ -15,7 +15,13 @@
    what was measured.
 
 Figures: RMSE per pixel to the teacher's image (values in [−1, 1]) pooled over the test set, and
-PSNR = 20·log10(2 / RMSE) (peak-to-peak range 2).
+PSNR = 20·log10(2 / RMSE) (peak-to-peak range 2); and, as the papers score samples (FID), the Fréchet
+distance (FD) of each solver's test images to 600 held-out real digits in the 64-d penultimate feature
+space of the demo's digits classifier (``classifier.py``, ``metrics.py``). The teacher's own FD is the
+reference: a few-step solver that matched the teacher exactly would score it. It is not a strict
+floor: 256 images give an FD with a bias and a sampling noise of their own (the teacher scores 57 on
+the test seeds and 69 on the 256 training seeds), so differences of about 10 are noise, and FDs
+compare with each other and with the teacher's only, not with FIDs of other data sets.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from ..version import __version__
 #: the starting point of Φ: 3rd-order Adams–Bashforth with the analytical first step, on DyWeight's grid.
 SOLVERS = {"euler": "Euler", "ipndm": "iPNDM", "dpmpp_2m": "DPM-Solver++(2M)"}
 HAND_MADE = {**SOLVERS, "init": "AB3+AFS (untrained Φ)"}
+#: Every solver of the demo's table, in column order (the keys of ``solvers_for``).
+LABELS = {**HAND_MADE, "dyweight": "DyWeight"}
 #: The bar of the demo: DyWeight's test RMSE at most this share of the best hand-made solver's.
 BAR = 0.6
 BAR_NFE = (3, 4, 5)
@@ -199,33 +207,38 @@ def psnr(rmse: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: DemoModel, coefficients: dict, test, settings: DemoSettings, batch_size: int = 256,
-             progress: bool = True) -> tuple:
-    """Test RMSE/PSNR per NFE and solver, and the first ``grid_seeds`` images of each.
+def score(solve: Callable, model: DemoModel, pairs, space, batch_size: int = 256, keep: int = 0) -> tuple:
+    """Test figures of ``solve(denoise, noise) -> x0`` on ``pairs``, and its first ``keep`` images.
 
-    Returns ``(rows, images)``: rows ``{"nfe", "solvers": {name: {"rmse", "psnr", "calls"}}, "ratio",
-    "best_hand_made"}`` and ``images[nfe][name]`` a tensor [grid_seeds, C, H, W].
+    Figures: ``rmse``/``psnr`` to the teacher's images, ``fd`` the Fréchet distance of all its images to
+    the held-out real digits in the classifier's feature space (``space``, a
+    :class:`~comfyui_dyweight.demo.classifier.DigitsFeatureSpace`), ``calls`` the model calls per image.
     """
-    pairs = test.pairs
-    jobs = [(nfe, name) for nfe in settings.distill.nfe for name in [*HAND_MADE, "dyweight"]]
+    counter = CallCounter(model.denoise)
+    outputs = torch.cat([solve(counter, pairs.subset(slice(start, start + batch_size)).noise)
+                         for start in range(0, len(pairs), batch_size)])
+    rmse = math.sqrt(float((outputs.double() - pairs.target.double()).pow(2).mean()))
+    figures = {"rmse": rmse, "psnr": psnr(rmse), "fd": space.frechet_distance(outputs),
+               "calls": counter.calls // math.ceil(len(pairs) / batch_size)}
+    return figures, outputs[:keep]
+
+
+@torch.no_grad()
+def evaluate(model: DemoModel, coefficients: dict, test, settings: DemoSettings, space,
+             batch_size: int = 256, progress: bool = True) -> tuple:
+    """Test RMSE/PSNR/FD per NFE and solver (see :func:`score`), and the first ``grid_seeds`` images of each.
+
+    Returns ``(rows, images)``: rows ``{"nfe", "solvers": {name: {"rmse", "psnr", "fd", "calls"}}, "ratio",
+    "best_hand_made"}`` (solvers in column order) and ``images[nfe][name]`` a tensor [grid_seeds, C, H, W].
+    """
+    jobs = [(nfe, name) for nfe in settings.distill.nfe for name in LABELS]
     bar = _bar(len(jobs), "test set", "solver", progress)
     rows, images = [], {}
     for nfe in settings.distill.nfe:
         solvers = solvers_for(nfe, coefficients[nfe], model, settings)
         figures, images[nfe] = {}, {}
         for name, solve in solvers.items():
-            squared, count, shown = 0.0, 0, []
-            counter = CallCounter(model.denoise)
-            for start in range(0, len(pairs), batch_size):
-                batch = pairs.subset(slice(start, start + batch_size))
-                out = solve(counter, batch.noise)
-                squared += float((out.double() - batch.target.double()).pow(2).sum())
-                count += out.numel()
-                shown.append(out[:max(0, settings.grid_seeds - start)])
-            batches = math.ceil(len(pairs) / batch_size)
-            rmse = math.sqrt(squared / count)
-            figures[name] = {"rmse": rmse, "psnr": psnr(rmse), "calls": counter.calls // batches}
-            images[nfe][name] = torch.cat(shown)[:settings.grid_seeds]
+            figures[name], images[nfe][name] = score(solve, model, test.pairs, space, batch_size, settings.grid_seeds)
             if bar is not None:
                 bar.update(1)
         best = min(HAND_MADE, key=lambda name: figures[name]["rmse"])
@@ -255,18 +268,37 @@ def bar_verdict(rows: list) -> dict:
 
 def markdown_table(rows: list) -> str:
     """RMSE (PSNR dB) to the teacher per solver and NFE, plus DyWeight / best hand-made."""
-    header = ["NFE", *HAND_MADE.values(), "**DyWeight**", "DyWeight / best hand-made"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    names = list(rows[0]["solvers"])
+    header = ["NFE", *(f"**{LABELS[name]}**" if name == "dyweight" else LABELS[name] for name in names),
+              "DyWeight / best hand-made"]
+    lines = []
     for row in rows:
         cells = [str(row["nfe"])]
-        for name in [*HAND_MADE, "dyweight"]:
+        for name in names:
             figure = row["solvers"][name]
             text = f"{figure['rmse']:.4f} ({figure['psnr']:.1f} dB)"
             cells.append(f"**{text}**" if name == "dyweight" else text)
         best = row["best_hand_made"]
-        cells.append(f"{row['ratio']:.2f} (vs {'AB3+AFS' if best == 'init' else HAND_MADE[best]})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells.append(f"{row['ratio']:.2f} (vs {'AB3+AFS' if best == 'init' else LABELS[best]})")
+        lines.append(cells)
+    return format_table(header, lines)
+
+
+def fd_table(rows: list, labels: dict, teacher: str, teacher_fd: float) -> str:
+    """Fréchet distance to the held-out real digits per solver (``labels``: name → column) and NFE; the
+    teacher's own, the same in every row, is the reference the few-step solvers approach."""
+    names = list(rows[0]["solvers"])
+    header = ["NFE", teacher, *(f"**{labels[name]}**" if name == "dyweight" else labels[name] for name in names)]
+    lines = [[str(row["nfe"]), f"{teacher_fd:.2f}",
+              *(f"**{row['solvers'][name]['fd']:.2f}**" if name == "dyweight" else f"{row['solvers'][name]['fd']:.2f}"
+                for name in names)] for row in rows]
+    return format_table(header, lines)
+
+
+def format_table(header: list, lines: list) -> str:
+    """A Markdown table: the first column left-aligned, the others right-aligned."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+                      *("| " + " | ".join(cells) + " |" for cells in lines)]) + "\n"
 
 
 def machine() -> dict:

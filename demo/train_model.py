@@ -40,10 +40,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 if __package__:
-    from .model import DEFAULT_CONFIG, build_denoiser
+    from .model import DEFAULT_CONFIG, build_denoiser, digits_to_images
 else:  # run as a plain file: load the sibling model.py without needing the package
     import importlib.util as _ilu
 
@@ -52,18 +51,14 @@ else:  # run as a plain file: load the sibling model.py without needing the pack
     )
     _mod = _ilu.module_from_spec(_spec)
     _spec.loader.exec_module(_mod)
-    DEFAULT_CONFIG, build_denoiser = _mod.DEFAULT_CONFIG, _mod.build_denoiser
+    DEFAULT_CONFIG, build_denoiser, digits_to_images = _mod.DEFAULT_CONFIG, _mod.build_denoiser, _mod.digits_to_images
 
 
 def load_digits_tensor(image_size: int = 16) -> torch.Tensor:
     """sklearn digits -> float32 tensor (1797, 1, image_size, image_size) in [-1, 1]."""
     from sklearn.datasets import load_digits  # training-time dependency only
 
-    images = load_digits().images  # (1797, 8, 8) float64, values 0..16
-    x = torch.tensor(images, dtype=torch.float32)[:, None] / 16.0 * 2.0 - 1.0
-    if image_size != x.shape[-1]:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x.clamp(-1.0, 1.0).contiguous()
+    return digits_to_images(load_digits().images, image_size)  # (1797, 8, 8) float64, values 0..16
 
 
 def edm_loss(model, x0: torch.Tensor, gen: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor:

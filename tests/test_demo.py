@@ -1,7 +1,7 @@
 """The README's main command, smoke-sized: ``python -m comfyui_dyweight.demo --quick`` in a subprocess.
 
-Checks what a newcomer gets (grid PNG, error plot, a table of finite figures at the NFE it claims, Φ
-files that load) and that a second run takes the teacher pairs from the cache instead of running the
+Checks what a newcomer gets (grid PNG, error plot, tables of finite figures at the NFE it claims, RMSE
+and Fréchet distance, Φ files that load) and that a second run takes the teacher pairs from the cache instead of running the
 teacher again. The figures of the full run are the benchmark's business, not the tests'.
 """
 
@@ -17,9 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from comfyui_dyweight.coefficients import Coefficients
 from comfyui_dyweight.demo import figures, pipeline
+from comfyui_dyweight.demo.classifier import load_classifier
+from comfyui_dyweight.demo.metrics import frechet_distance
+from comfyui_dyweight.trainer.pairs import PairSet
 from comfyui_dyweight.demo.font import text_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,10 +98,13 @@ def test_quick_demo_writes_the_grid_the_plot_and_a_finite_table(two_runs):
         for name, figure in row["solvers"].items():
             assert math.isfinite(figure["rmse"]) and figure["rmse"] > 0, (row["nfe"], name, figure)
             assert math.isfinite(figure["psnr"]), (row["nfe"], name, figure)
+            assert math.isfinite(figure["fd"]) and figure["fd"] > 0, (row["nfe"], name, figure)
             assert figure["calls"] == row["nfe"], f"{name} made {figure['calls']} model calls at NFE {row['nfe']}"
         assert math.isfinite(row["ratio"])
+    assert math.isfinite(results["fd_reference"]["teacher_fd"]) and results["fd_reference"]["heldout_digits"] == 600
     assert "| NFE | Euler | iPNDM | DPM-Solver++(2M)" in stdout
-    assert (out / "table.md").read_text().count("\n| ") == len(table) + 1  # header + one line per NFE
+    assert "| NFE | Teacher (Heun, 16 NFE) | Euler | iPNDM | DPM-Solver++(2M)" in stdout  # the FD table
+    assert (out / "table.md").read_text().count("\n| ") == 2 * (len(table) + 1)  # two tables: header + one line per NFE
     for nfe in (3, 4):
         phi = Coefficients.load(out / "phi" / f"digits-edm-nfe{nfe}.safetensors")
         assert phi.nfe == nfe and phi.afs and phi.order == 3
@@ -135,6 +142,23 @@ def test_grid_shows_each_cell_upscaled_with_nearest_neighbour_and_labels(tmp_pat
     # the darkest (−1) pixel of the ramp becomes a uniform 4×4 black block: nearest-neighbour, not smoothed
     assert any((block == 0).all() for block in blocks)
     assert text_mask("NFE 3").any() and text_mask("?").shape == text_mask("A").shape
+
+
+def test_score_is_rmse_to_the_teacher_and_fd_to_the_held_out_digits():
+    """A "solver" that returns its input (one model call at σ = 0, which the EDM wrapper passes through)
+    on the held-out digits, against targets 0.1 brighter: RMSE 0.1 exactly, and FD 0 (the very reference set)."""
+    space = load_classifier()
+    real = space.heldout_images
+    pairs = PairSet(torch.arange(len(real)), real, real + 0.1)
+    figures_here, shown = pipeline.score(lambda denoise, x: denoise(x, 0.0), pipeline.demo_model(), pairs, space,
+                                         batch_size=256, keep=4)
+    assert figures_here["rmse"] == pytest.approx(0.1, rel=1e-5)
+    assert figures_here["psnr"] == pytest.approx(20 * math.log10(2 / 0.1), rel=1e-5)
+    assert figures_here["fd"] == pytest.approx(0.0, abs=1e-6) and figures_here["calls"] == 1
+    assert torch.equal(shown, real[:4])
+    moved = pipeline.score(lambda denoise, x: denoise(x, 0.0).flip(-1), pipeline.demo_model(), pairs, space)[0]
+    halves = frechet_distance(space.features(real[:300]), space.features(real[300:]))
+    assert moved["fd"] > 2 * halves  # mirrored digits are further from real ones than real ones from each other
 
 
 def test_bar_verdict_uses_the_best_hand_made_solver():
