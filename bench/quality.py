@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -80,17 +81,20 @@ def label(name: str) -> str:
 
 
 def column_labels(hand_made: list) -> dict:
-    """name → column label for the hand-made solvers, the untrained Φ and DyWeight, in column order."""
-    return {**{name: label(name) for name in hand_made}, "init": "AB3+AFS (untrained Φ)", "dyweight": "DyWeight"}
+    """name → column label for the hand-made solvers, then the pack's own (the untrained Φ, the shipped DSS
+    tables zero-shot, DSS and DyWeight distilled), in column order."""
+    return {**{name: label(name) for name in hand_made},
+            **{name: text for name, text in pipeline.LABELS.items() if name not in pipeline.SOLVERS}}
 
 
 def markdown(document: dict) -> str:
-    names = document["hand_made"]
-    header = ["NFE", *map(label, names), "AB3+AFS (untrained Φ)", "**DyWeight**", "DyWeight / best", "bar ≤ 0.6"]
+    labels = column_labels(document["hand_made"])
+    header = ["NFE", *(f"**{text}**" if name in pipeline.TRAINED else text for name, text in labels.items()),
+              "DyWeight / best", "bar ≤ 0.6"]
     lines = []
     for row in document["rows"]:
         cells = [str(row["nfe"])]
-        for name in [*names, "init", "dyweight"]:
+        for name in labels:
             figure = row["solvers"].get(name)
             if figure is None:
                 cells.append("—")
@@ -98,13 +102,12 @@ def markdown(document: dict) -> str:
             text = f"{figure['rmse']:.4f} ({figure['psnr']:.1f})"
             if figure["calls"] != row["nfe"]:
                 text += f" [{figure['calls']} calls]"
-            cells.append(f"**{text}**" if name == "dyweight" else text)
+            cells.append(f"**{text}**" if name in pipeline.TRAINED else text)
         best = row["best_hand_made"]
         cells.append(f"{row['ratio']:.2f} (vs {label(best) if best != 'init' else 'AB3+AFS'})")
         cells.append(("yes" if row["ratio"] <= BAR else "**no**") if row["nfe"] in BAR_NFE else "")
         lines.append(cells)
     reference = document["fd_reference"]
-    labels = column_labels(names)
     teacher = f"Teacher (Heun, {2 * document['settings']['distill']['teacher_steps']} NFE)"
     return (f"Test RMSE to the teacher (PSNR dB) over {document['test_seeds']} fresh seeds, demo model; "
             f"hand-made solvers: {document['source']}.\n\n" + pipeline.format_table(header, lines)
@@ -137,10 +140,10 @@ def main(argv=None) -> int:
 
     rows = []
     for nfe in settings.distill.nfe:
-        ours = pipeline.solvers_for(nfe, result.coefficients[nfe], model, settings)
+        ours = pipeline.solvers_for(nfe, result.candidates[nfe], model, settings)
         figures_here = {name: pipeline.score(solve, model, test.pairs, space)[0] for name, solve in [
             *((name, lambda denoise, x, solve=solve: solve(denoise, x, schedule(nfe))) for name, solve in solvers.items()),
-            ("init", ours["init"]), ("dyweight", ours["dyweight"])]}
+            *((name, solve) for name, solve in ours.items() if name not in pipeline.SOLVERS)]}
         hand_made = [name for name in [*solvers, "init"] if figures_here[name]["calls"] <= nfe]
         best = min(hand_made, key=lambda name: figures_here[name]["rmse"])
         rows.append({"nfe": nfe, "solvers": figures_here, "best_hand_made": best,
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
                       f"Measured on {_machine_line(document['machine'])}.\n\n" + table)
     write_text_atomic(out / "quality.json", json.dumps(document, indent=1) + "\n")
     labels = column_labels(list(solvers))
-    series = {figure: {name: [row["solvers"][name][figure] for row in rows] for name in labels}
+    series = {figure: {name: [row["solvers"][name][figure] if name in row["solvers"] else math.nan for row in rows]
+                       for name in labels}
               for figure in ("rmse", "psnr", "fd")}
     figures.error_plot(out / "quality.png", list(settings.distill.nfe), series["rmse"], series["psnr"], labels,
                        title=f"Demo model: test error to the teacher and FD to real digits, {settings.test_pairs} seeds",

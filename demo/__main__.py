@@ -24,6 +24,7 @@ STARTED = time.monotonic()  # before torch is imported: the wall time includes t
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     timings["distil_s"] = time.monotonic() - clock
 
     clock = time.monotonic()
-    rows, images = pipeline.evaluate(model, result.coefficients, test, settings, space)
+    rows, images = pipeline.evaluate(model, result.candidates, test, settings, space)
     teacher_fd = space.frechet_distance(test.pairs.target)
     timings["evaluation_s"] = time.monotonic() - clock
 
@@ -141,6 +142,10 @@ def main(argv=None) -> int:
     if not arguments.quick:
         print(f"bar (DyWeight ≤ {pipeline.BAR:g} × the best hand-made solver's RMSE at NFE "
               f"{', '.join(map(str, verdict['nfe']))}): {'met' if verdict['met'] else 'NOT met'}")
+        for row in rows:
+            versus_ipndm = ", ".join(f"{label} {row['solvers'][family]['rmse'] / row['solvers']['ipndm']['rmse']:.2f}"
+                                     for family, label in pipeline.TRAINED.items() if family in row["solvers"])
+            print(f"NFE {row['nfe']}: test RMSE / iPNDM's: {versus_ipndm}; {pipeline.TRAINED[row['winner']]} wins")
     for note in notes:
         print(f"note: {note}")
     print(f"time: {timings['total_s']:.0f} s in all (teacher pairs {'cached' if train_run.cache_hit else 'generated'}, "
@@ -153,14 +158,16 @@ def main(argv=None) -> int:
 def write_outputs(out: Path, settings, model, result, rows, images, test, teacher_nfe: int,
                   teacher_fd: float) -> list:
     written = []
-    for nfe, phi in result.coefficients.items():
-        path = out / "phi" / f"digits-edm-nfe{nfe}.safetensors"
-        phi.save(path)
-        written.append(path)
+    for nfe, trained in result.candidates.items():
+        for family, phi in trained.items():
+            path = out / "phi" / f"digits-edm-{family}-nfe{nfe}.safetensors"
+            phi.save(path)
+            written.append(path)
     written += write_report(result, out, "training")
 
-    names = [*SOLVERS, "dyweight"]
-    columns = [f"Teacher (Heun, {teacher_nfe} NFE)", *SOLVERS.values(), "DyWeight (distilled)"]
+    names = [*SOLVERS, *(family for family in pipeline.TRAINED if family in rows[0]["solvers"])]
+    columns = [f"Teacher (Heun, {teacher_nfe} NFE)", *SOLVERS.values(),
+               *(f"{pipeline.TRAINED[family]} (distilled)" for family in names[len(SOLVERS):])]
     teacher_images = test.pairs.target[:settings.grid_seeds]
     cells, captions = [], []
     for row in rows:
@@ -170,7 +177,7 @@ def write_outputs(out: Path, settings, model, result, rows, images, test, teache
                                          for name in names])
     grid = figures.comparison_grid(
         out / "grid.png",
-        title=[f"DyWeight vs hand-made solvers on the embedded digits model: the same {settings.grid_seeds} "
+        title=[f"DyWeight and DSS vs hand-made solvers on the embedded digits model: the same {settings.grid_seeds} "
                f"test seeds in every cell",
                f"RMSE / PSNR to the teacher over {settings.test_pairs} test seeds; each row: NFE = model calls "
                f"per image (DyWeight's first step is analytical)"],
@@ -179,11 +186,15 @@ def write_outputs(out: Path, settings, model, result, rows, images, test, teache
     written.append(grid)
 
     nfes = [row["nfe"] for row in rows]
-    labels = {**LABELS, "dyweight": "DyWeight (distilled)"}
-    plotted = list(LABELS)
-    rmse = {name: [row["solvers"][name]["rmse"] for row in rows] for name in plotted}
-    psnr = {name: [row["solvers"][name]["psnr"] for row in rows] for name in plotted}
-    fd = {name: [row["solvers"][name]["fd"] for row in rows] for name in plotted}
+    labels = {**LABELS, **{family: f"{label} (distilled)" for family, label in pipeline.TRAINED.items()}}
+    plotted = pipeline.column_names(rows)
+
+    def series(name: str, figure: str) -> list:  # NaN where a solver has no entry at that NFE (not drawn)
+        return [row["solvers"][name][figure] if name in row["solvers"] else math.nan for row in rows]
+
+    rmse = {name: series(name, "rmse") for name in plotted}
+    psnr = {name: series(name, "psnr") for name in plotted}
+    fd = {name: series(name, "fd") for name in plotted}
     plot = out / "error_vs_nfe.png"
     if figures.error_plot(plot, nfes, rmse, psnr, labels,
                           title=f"Digits EDM model: error to the teacher (Heun, {teacher_nfe} NFE) and Fréchet "

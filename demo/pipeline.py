@@ -37,8 +37,11 @@ from typing import Callable
 
 import torch
 
-from ..coefficients import Coefficients, dyweight_sample, edm_sigmas, initial_coefficients
+from ..coefficients import dyweight_sample, edm_sigmas, initial_coefficients
+from ..coefficients.io import load_coefficients
+from ..coefficients.presets import SHIPPED_DIR
 from ..trainer import DistillConfig, ModelSource, distill, teacher_pairs_for
+from ..trainer.students import ScheduleTime
 from ..trainer.teachers import BASELINE_SOLVERS
 from ..version import __version__
 
@@ -47,7 +50,13 @@ from ..version import __version__
 SOLVERS = {"euler": "Euler", "ipndm": "iPNDM", "dpmpp_2m": "DPM-Solver++(2M)"}
 HAND_MADE = {**SOLVERS, "init": "AB3+AFS (untrained Φ)"}
 #: Every solver of the demo's table, in column order (the keys of ``solvers_for``).
-LABELS = {**HAND_MADE, "dyweight": "DyWeight"}
+#: Steps of the fine grid a zero-shot table's times are placed on (see :func:`zero_shot_table`).
+ZERO_SHOT_GRID_STEPS = 512
+#: The shipped DSS tables (arXiv 2505.21114) run zero-shot on the demo model: name → preset file stem.
+ZERO_SHOT = {"dss_sit": "dss-flow-sit", "dss_dit": "dss-ddpm-dit"}
+#: The trained families (``solver = "both"``), each against the best hand-made solver.
+TRAINED = {"dss": "DSS", "dyweight": "DyWeight"}
+LABELS = {**HAND_MADE, "dss_sit": "DSS SiT table (zero-shot)", "dss_dit": "DSS DiT table (zero-shot)", **TRAINED}
 #: The bar of the demo: DyWeight's test RMSE at most this share of the best hand-made solver's.
 BAR = 0.6
 BAR_NFE = (3, 4, 5)
@@ -62,7 +71,7 @@ class DemoSettings:
     best-Φ selection), K = 3, the analytical first step, 200 Adam steps of 32 pairs per NFE.
     """
 
-    distill: DistillConfig = DistillConfig(nfe=(3, 4, 5, 6), pairs=256, iterations=200, batch_size=32,
+    distill: DistillConfig = DistillConfig(nfe=(3, 4, 5, 6), solver="both", pairs=256, iterations=200, batch_size=32,
                                            sampling_batch_size=128, teacher="heun", teacher_steps=64, order=3,
                                            afs=True, lr=0.05, seed=0)
     test_pairs: int = 256       # fresh seeds for the table and the grid
@@ -83,7 +92,7 @@ class DemoSettings:
 #: The full demo (the README's command).
 FULL = DemoSettings()
 #: A smoke-sized run for the test suite: same code path, seconds instead of minutes.
-QUICK = FULL.replace(nfe=(3, 4), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
+QUICK = FULL.replace(nfe=(3, 5), pairs=24, test_pairs=12, iterations=6, batch_size=8, sampling_batch_size=24,
                      teacher_steps=8)
 #: Seeds of the two noise sets (independent generators).
 TRAIN_NOISE_SEED, TEST_NOISE_SEED = 1, 2
@@ -188,17 +197,48 @@ def distil(model: DemoModel, settings: DemoSettings, cache_dir: Path, progress=N
     return distill(model.source(settings, "train"), settings.distill, cache_dir=cache_dir, progress=progress)
 
 
-def solvers_for(nfe: int, phi: Coefficients, model: DemoModel, settings: DemoSettings) -> dict:
-    """name → ``solve(denoise, x) -> x0`` at ``nfe`` model calls: the hand-made ones, the untrained
-    initialisation of Φ and the distilled Φ."""
+def solvers_for(nfe: int, trained: dict, model: DemoModel, settings: DemoSettings) -> dict:
+    """name → ``solve(denoise, x) -> x0`` at ``nfe`` model calls, in column order: the hand-made ones, the
+    untrained initialisation of DyWeight's Φ, the shipped DSS tables zero-shot (where one has ``nfe``
+    steps) and each trained family (``trained``: family → Φ)."""
     schedule, config = model.schedule(settings.rho), settings.distill
     solvers = {name: (lambda solver: lambda denoise, x: solver(denoise, x, schedule(nfe)))(BASELINE_SOLVERS[name])
                for name in SOLVERS}  # ComfyUI's convention: N steps on the N-step grid, one call each
     grid = schedule(nfe + int(config.afs))
     init = initial_coefficients(nfe, config.order, afs=config.afs, final_denoise=False)
     solvers["init"] = lambda denoise, x: dyweight_sample(denoise, x, grid, init)
-    solvers["dyweight"] = lambda denoise, x: dyweight_sample(denoise, x, grid, phi)
+    for name, stem in ZERO_SHOT.items():
+        table = zero_shot_table(stem, nfe, model, settings)
+        if table is not None:
+            solvers[name] = (lambda phi: lambda denoise, x: dyweight_sample(denoise, x, phi.sigmas, phi))(table)
+    for family in TRAINED:
+        if family in trained:
+            phi = trained[family]
+            own = phi.sigmas.double() if phi.solver == "dss" else grid
+            solvers[family] = (lambda phi, own: lambda denoise, x: dyweight_sample(denoise, x, own, phi))(phi, own)
     return solvers
+
+
+def zero_shot_table(stem: str, nfe: int, model: DemoModel, settings: DemoSettings):
+    """A shipped DSS table with ``nfe`` steps placed on the demo model's schedule, or ``None``.
+
+    The tables were searched on other models (flow: σ from 1 to 0; DDPM: DiT's times from 0.999 to 10⁻³);
+    this model has neither, so each grid point keeps its fraction of the table's time span and lands at
+    that fraction of the model's own EDM schedule time (ρ-ramp from σ_max to σ_min). The coefficients are
+    used as published (the DDPM table combines data predictions, which any x0 model gives).
+    """
+    path = SHIPPED_DIR / "dss" / f"{stem}-nfe{nfe}.safetensors"
+    if not path.is_file():
+        return None
+    table = load_coefficients(path)
+    if table.schedule["kind"] == "ddpm_time":
+        times = torch.tensor(table.schedule["t"], dtype=torch.float64)
+    else:
+        times = table.sigmas.double()
+    fraction = (times[0] - times) / (times[0] - times[-1])
+    sigmas = ScheduleTime(model.schedule(settings.rho)(ZERO_SHOT_GRID_STEPS)).sigmas(fraction)
+    return dataclasses.replace(table, sigmas=sigmas.float(), schedule={"kind": "edm", "rho": settings.rho},
+                               prediction=None, sigma_min=model.sigma_min, sigma_max=model.sigma_max)
 
 
 def psnr(rmse: float) -> float:
@@ -224,26 +264,28 @@ def score(solve: Callable, model: DemoModel, pairs, space, batch_size: int = 256
 
 
 @torch.no_grad()
-def evaluate(model: DemoModel, coefficients: dict, test, settings: DemoSettings, space,
+def evaluate(model: DemoModel, trained: dict, test, settings: DemoSettings, space,
              batch_size: int = 256, progress: bool = True) -> tuple:
-    """Test RMSE/PSNR/FD per NFE and solver (see :func:`score`), and the first ``grid_seeds`` images of each.
+    """Test RMSE/PSNR/FD per NFE and solver (see :func:`score`), and the first ``grid_seeds`` images of each;
+    ``trained``: NFE → family → Φ (:attr:`DistillResult.candidates`).
 
-    Returns ``(rows, images)``: rows ``{"nfe", "solvers": {name: {"rmse", "psnr", "fd", "calls"}}, "ratio",
-    "best_hand_made"}`` (solvers in column order) and ``images[nfe][name]`` a tensor [grid_seeds, C, H, W].
+    Returns ``(rows, images)``: rows ``{"nfe", "solvers": {name: {"rmse", "psnr", "fd", "calls"}},
+    "best_hand_made", "ratios": {family: its RMSE / the best hand-made's}, "ratio" (DyWeight's), "winner"}``
+    (solvers in column order) and ``images[nfe][name]`` a tensor [grid_seeds, C, H, W].
     """
-    jobs = [(nfe, name) for nfe in settings.distill.nfe for name in LABELS]
-    bar = _bar(len(jobs), "test set", "solver", progress)
+    solvers = {nfe: solvers_for(nfe, trained[nfe], model, settings) for nfe in settings.distill.nfe}
+    bar = _bar(sum(map(len, solvers.values())), "test set", "solver", progress)
     rows, images = [], {}
     for nfe in settings.distill.nfe:
-        solvers = solvers_for(nfe, coefficients[nfe], model, settings)
         figures, images[nfe] = {}, {}
-        for name, solve in solvers.items():
+        for name, solve in solvers[nfe].items():
             figures[name], images[nfe][name] = score(solve, model, test.pairs, space, batch_size, settings.grid_seeds)
             if bar is not None:
                 bar.update(1)
         best = min(HAND_MADE, key=lambda name: figures[name]["rmse"])
-        rows.append({"nfe": nfe, "solvers": figures, "best_hand_made": best,
-                     "ratio": figures["dyweight"]["rmse"] / figures[best]["rmse"]})
+        ratios = {family: figures[family]["rmse"] / figures[best]["rmse"] for family in TRAINED if family in figures}
+        rows.append({"nfe": nfe, "solvers": figures, "best_hand_made": best, "ratio": ratios.get("dyweight"),
+                     "ratios": ratios, "winner": min(ratios, key=ratios.get)})
     if bar is not None:
         bar.close()
     return rows, images
@@ -266,20 +308,30 @@ def bar_verdict(rows: list) -> dict:
     return {"bar": BAR, "nfe": sorted(checked), "met": bool(checked) and all(checked.values()), "per_nfe": checked}
 
 
+def column_names(rows: list) -> list:
+    """Every solver of any row, in column order (a zero-shot table exists for some NFE only)."""
+    present = {name for row in rows for name in row["solvers"]}
+    return [name for name in LABELS if name in present]
+
+
 def markdown_table(rows: list) -> str:
-    """RMSE (PSNR dB) to the teacher per solver and NFE, plus DyWeight / best hand-made."""
-    names = list(rows[0]["solvers"])
-    header = ["NFE", *(f"**{LABELS[name]}**" if name == "dyweight" else LABELS[name] for name in names),
-              "DyWeight / best hand-made"]
+    """RMSE (PSNR dB) to the teacher per solver and NFE, each trained family / the best hand-made, and
+    which family wins."""
+    names = column_names(rows)
+    families = [family for family in TRAINED if family in names]
+    header = ["NFE", *(f"**{LABELS[name]}**" if name in TRAINED else LABELS[name] for name in names),
+              *(f"{TRAINED[family]} / best hand-made" for family in families), "wins"]
     lines = []
     for row in rows:
         cells = [str(row["nfe"])]
         for name in names:
-            figure = row["solvers"][name]
-            text = f"{figure['rmse']:.4f} ({figure['psnr']:.1f} dB)"
-            cells.append(f"**{text}**" if name == "dyweight" else text)
+            figure = row["solvers"].get(name)
+            text = "—" if figure is None else f"{figure['rmse']:.4f} ({figure['psnr']:.1f} dB)"
+            cells.append(f"**{text}**" if name in TRAINED and figure is not None else text)
         best = row["best_hand_made"]
-        cells.append(f"{row['ratio']:.2f} (vs {'AB3+AFS' if best == 'init' else LABELS[best]})")
+        versus = "AB3+AFS" if best == "init" else LABELS[best]
+        cells += [f"{row['ratios'][family]:.2f} (vs {versus})" for family in families]
+        cells.append(TRAINED[row["winner"]])
         lines.append(cells)
     return format_table(header, lines)
 
@@ -287,11 +339,11 @@ def markdown_table(rows: list) -> str:
 def fd_table(rows: list, labels: dict, teacher: str, teacher_fd: float) -> str:
     """Fréchet distance to the held-out real digits per solver (``labels``: name → column) and NFE; the
     teacher's own, the same in every row, is the reference the few-step solvers approach."""
-    names = list(rows[0]["solvers"])
-    header = ["NFE", teacher, *(f"**{labels[name]}**" if name == "dyweight" else labels[name] for name in names)]
+    names = [name for name in labels if any(name in row["solvers"] for row in rows)]
+    header = ["NFE", teacher, *(f"**{labels[name]}**" if name in TRAINED else labels[name] for name in names)]
     lines = [[str(row["nfe"]), f"{teacher_fd:.2f}",
-              *(f"**{row['solvers'][name]['fd']:.2f}**" if name == "dyweight" else f"{row['solvers'][name]['fd']:.2f}"
-                for name in names)] for row in rows]
+              *("—" if name not in row["solvers"] else f"**{row['solvers'][name]['fd']:.2f}**" if name in TRAINED
+                else f"{row['solvers'][name]['fd']:.2f}" for name in names)] for row in rows]
     return format_table(header, lines)
 
 

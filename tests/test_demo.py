@@ -83,7 +83,7 @@ def two_runs(tmp_path_factory):
 def test_quick_demo_writes_the_grid_the_plot_and_a_finite_table(two_runs):
     out, stdout, results = two_runs[0]
     width, height = png_size(out / "grid.png")
-    columns, rows = 5, len(results["settings"]["distill"]["nfe"])  # teacher + 3 hand-made + DyWeight; one row per NFE
+    columns, rows = 6, len(results["settings"]["distill"]["nfe"])  # teacher, 3 hand-made, DSS, DyWeight; a row per NFE
     zoomed = 16 * 4
     assert width > columns * 3 * zoomed and height > rows * 2 * zoomed, (width, height)
     if importlib.util.find_spec("matplotlib") is None:
@@ -92,9 +92,11 @@ def test_quick_demo_writes_the_grid_the_plot_and_a_finite_table(two_runs):
     else:
         assert png_size(out / "error_vs_nfe.png")[0] > 300
     table = results["table"]
-    assert [row["nfe"] for row in table] == [3, 4]
+    assert [row["nfe"] for row in table] == [3, 5]
     for row in table:
-        assert set(row["solvers"]) == {"euler", "ipndm", "dpmpp_2m", "init", "dyweight"}
+        zero_shot = {"dss_sit", "dss_dit"} if row["nfe"] >= 5 else set()  # the shipped tables have 5–10 steps
+        assert set(row["solvers"]) == {"euler", "ipndm", "dpmpp_2m", "init", "dss", "dyweight", *zero_shot}
+        assert row["winner"] == min(("dss", "dyweight"), key=lambda family: row["solvers"][family]["rmse"])
         for name, figure in row["solvers"].items():
             assert math.isfinite(figure["rmse"]) and figure["rmse"] > 0, (row["nfe"], name, figure)
             assert math.isfinite(figure["psnr"]), (row["nfe"], name, figure)
@@ -105,9 +107,11 @@ def test_quick_demo_writes_the_grid_the_plot_and_a_finite_table(two_runs):
     assert "| NFE | Euler | iPNDM | DPM-Solver++(2M)" in stdout
     assert "| NFE | Teacher (Heun, 16 NFE) | Euler | iPNDM | DPM-Solver++(2M)" in stdout  # the FD table
     assert (out / "table.md").read_text().count("\n| ") == 2 * (len(table) + 1)  # two tables: header + one line per NFE
-    for nfe in (3, 4):
-        phi = Coefficients.load(out / "phi" / f"digits-edm-nfe{nfe}.safetensors")
+    for nfe in (3, 5):
+        phi = Coefficients.load(out / "phi" / f"digits-edm-dyweight-nfe{nfe}.safetensors")
         assert phi.nfe == nfe and phi.afs and phi.order == 3
+        dss = Coefficients.load(out / "phi" / f"digits-edm-dss-nfe{nfe}.safetensors")
+        assert dss.solver == "dss" and dss.nfe == dss.order == nfe and dss.sigmas is not None
 
 
 def test_second_run_reuses_the_teacher_cache(two_runs):
