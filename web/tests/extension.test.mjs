@@ -74,10 +74,10 @@ function fakeHost(routes) {
     graph: { setDirtyCanvas() {} },
   };
   const api = {
-    async fetchApi(route) {
-      fetched.push(route);
-      const [status, body] = routes(route);
-      return { ok: status === 200, status, json: async () => body };
+    async fetchApi(route, init) {
+      fetched.push(init?.method && init.method !== "GET" ? `${init.method} ${route}` : route);
+      const [status, body] = routes(route, init);
+      return { ok: status >= 200 && status < 300, status, json: async () => body };
     },
     addEventListener(name, fn) { listeners[name] = fn; },
   };
@@ -196,6 +196,65 @@ test("with the front end: charts on the three nodes, fed by the routes, onExecut
     class Bare {}
     await extension.beforeRegisterNodeDef(Bare, { name: "DyWeightLoadCoefficients" });
     assert.equal(Bare.prototype.onNodeCreated, undefined);
+  } finally {
+    restore();
+    delete globalThis.document;
+    delete globalThis.__fakeComfy;
+  }
+  assert.deepEqual(seen.error, []);
+  assert.deepEqual(seen.warn, []);
+});
+
+test("the loader's fetch button posts, shows the progress and refreshes the loaders' lists", async () => {
+  fakeDom();
+  const ab = fixture("phi_ab_nfe5.json");
+  const states = [
+    { status: "running", phase: "download", file: "exps/00036-mscoco-nfe8/network-snapshot-000005.pkl", index: 0, count: 7, done: 7800, total: 15599 },
+    { status: "done", written: ["dyweight-00036-mscoco-nfe8.safetensors"], present: [] },
+  ];
+  const labels = [];
+  const host = fakeHost((route, init) => {
+    if (route === "/dyweight/fetch-official" && init?.method === "POST") return [202, { status: "running", phase: "check" }];
+    if (route === "/dyweight/fetch-official") return [200, states.shift()];
+    if (route === "/object_info/DyWeightLoadCoefficients") {
+      return [200, { DyWeightLoadCoefficients: { input: { required: { coefficients: [["dyweight-00036-mscoco-nfe8.safetensors", "shipped/adams_bashforth/ab-nfe5.safetensors"]] } } } }];
+    }
+    if (route.startsWith("/dyweight/coefficients/")) return [200, ab];
+    return [404, { error: "nope" }];
+  });
+  const { seen, restore } = captureConsole();
+  try {
+    const { dyweightFrontend } = await import(copyExtension(true));
+    const extension = host.app.extensions.at(-1);
+    const Loader = nodeClass([{ name: "coefficients", value: "shipped/adams_bashforth/ab-nfe5.safetensors", options: { values: ["shipped/adams_bashforth/ab-nfe5.safetensors"] } }]);
+    Loader.prototype.addWidget = function (type, name, value, callback, options) {
+      const widget = { type, name, value, callback, options };
+      Object.defineProperty(widget, "label", { get() { return this._label; }, set(text) { this._label = text; labels.push(text); } });
+      this.widgets.push(widget);
+      return widget;
+    };
+    await extension.beforeRegisterNodeDef(Loader, { name: "DyWeightLoadCoefficients" });
+    const loader = new Loader();
+    const other = new Loader();
+    host.app.graph._nodes = [Object.assign(loader, { comfyClass: "DyWeightLoadCoefficients" }), Object.assign(other, { comfyClass: "DyWeightLoadCoefficients" })];
+    loader.onNodeCreated();
+    other.onNodeCreated();
+    await tick();
+    const button = loader.widgets.find((w) => w.type === "button");
+    assert.equal(button.label, "fetch the paper's coefficients");
+    assert.equal(button.serialize, false);
+    assert.equal(button.options.serialize, false);
+    assert.ok(loader.widgets.indexOf(button) < loader.widgets.indexOf(loader.dyweightPanel.widget)); // above the chart
+
+    button.callback();
+    await dyweightFrontend.fetchOfficial(loader, button); // the press's fetch, still running: the same promise
+    assert.deepEqual(host.fetched.filter((r) => r.includes("fetch-official") || r.includes("object_info")), [
+      "POST /dyweight/fetch-official", "/dyweight/fetch-official", "/dyweight/fetch-official", "/object_info/DyWeightLoadCoefficients"]);
+    assert.deepEqual(labels.slice(2), ["checking\u2026", "downloading 1/7 \u00b7 50%", "fetch the paper's coefficients (1 new file)"]);
+    for (const node of [loader, other]) {
+      assert.deepEqual(node.widgets.find((w) => w.name === "coefficients").options.values,
+        ["dyweight-00036-mscoco-nfe8.safetensors", "shipped/adams_bashforth/ab-nfe5.safetensors"]);
+    }
   } finally {
     restore();
     delete globalThis.document;
