@@ -1,19 +1,33 @@
-"""Files in the DyWeight release's formats, written by a small writer of the same structure as the release's.
+"""The DyWeight release for tests: files in its formats, and a loopback site that serves them.
 
-EDM ``persistence`` pickles ({"predictor", "loss_fn"}, each wrapped in a
+Files are written by a small writer of the same structure as the release's: EDM ``persistence`` pickles ({"predictor", "loss_fn"}, each wrapped in a
 ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` call whose ``module_src`` would write a marker
 file if it were ever run) and FLUX ``torch.save`` dicts. The fake ``torch_utils``/``solvers`` modules exist
-only while writing; the reading side never imports or runs them.
+only while writing; the reading side never imports or runs them. :func:`release_server` serves such files
+at the release's paths on 127.0.0.1 (it can truncate a response, answer with an error status, ignore
+``Range`` or send slowly, and records every request), :func:`table_for` is the pinned table with their
+sizes and digests, and :func:`pack_with_table` the pack as ComfyUI loads it with that table.
 """
 
 import contextlib
+import dataclasses
+import hashlib
+import http.server
+import json
 import pickle
 import sys
+import threading
+import time
 import types
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
+
+from comfyui_dyweight.release import fetch
+from comfyui_dyweight.release.fetch import OfficialFile, OfficialTable, official_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 SAMPLERS = ("dyweight_sampler", "heun_sampler", "ipndm_sampler", "dpm_sampler")
 
@@ -129,3 +143,109 @@ def write_flux(path, full_rows, t_scales, window_size=2):
 PIXEL_ROWS = [[1.05, 0, 0, 0], [-0.7, 1.7, 0, 0], [0.34, -1.35, 1.85, 0], [0, 0.4, -1.33, 1.92]]
 SD_ROWS = [[0.95, 0, 0, 0], [-0.48, 1.41, 0, 0], [0, -0.44, 1.53, 0], [0, 0, -0.38, 1.38]]
 FLUX_ROWS = [[0.88, 0, 0, 0], [-0.13, 1.01, 0, 0], [0, 0.03, 0.92, 0], [0, 0, -0.11, 0.88]]
+
+
+SD_PATHS = ["exps/00036-mscoco-nfe8/network-snapshot-000005.pkl", "exps/00037-mscoco-nfe12/network-snapshot-000005.pkl"]
+FLUX_PATH = "dyweight_flux/checkpoints/dyweight_nfe3.pt"
+#: What fetch-official makes of :func:`fixture_release`'s files.
+FIXTURE_OUTPUTS = ["dyweight-00036-mscoco-nfe8.safetensors", "dyweight-00037-mscoco-nfe12.safetensors",
+                   "dyweight-flux-dyweight_nfe3.safetensors"]
+
+
+def fixture_release(folder: Path, marker: Path):
+    """Two SD1.5 snapshots and a FLUX checkpoint at the release's paths under ``folder``:
+    ``({path: bytes}, {path: (full weight rows, history window)})``."""
+    sd_rows = [SD_ROWS, [[row[k] * 1.01 for k in range(4)] for row in SD_ROWS]]
+    files, rows = {}, {}
+    for path, full_rows in zip(SD_PATHS, sd_rows):
+        source = write_snapshot(folder / path, marker, full_rows=full_rows, t_scale=[1.0, 0.98, 0.99, 0.9], afs=False,
+                                history=2, dataset="ms_coco", teacher_steps=50, loss_type="l2",
+                                schedule_type="discrete", rho=1.0, guidance_type="cfg", guidance_rate=7.5)
+        files[path], rows[path] = source.read_bytes(), (full_rows, 2)
+    flux = write_flux(folder / FLUX_PATH, FLUX_ROWS, [1.01, 0.99, 0.98, 0.97])
+    files[FLUX_PATH], rows[FLUX_PATH] = flux.read_bytes(), (FLUX_ROWS, 2)
+    return files, rows
+
+
+# --- a loopback release server --------------------------------------------------------------------------
+
+class ReleaseHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        server = self.server
+        path = self.path.lstrip("/")
+        server.requests.append((path, self.headers.get("Range")))
+        status = server.status.get(path)
+        if status:
+            self.send_error(status)
+            return
+        data = server.files.get(path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        requested = self.headers.get("Range")
+        if requested and server.ranges:
+            start = int(requested.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        cut = server.truncate.get(path)
+        if cut is not None:
+            body = body[:cut]  # the promised length never arrives: the connection closes early
+        for offset in range(0, len(body), 1024):
+            self.wfile.write(body[offset:offset + 1024])
+            self.wfile.flush()
+            if server.delay:
+                time.sleep(server.delay)
+        self.close_connection = True
+
+
+@contextlib.contextmanager
+def release_server(files: dict):
+    """Serve ``{release path: bytes}`` on 127.0.0.1; yields the server (``.url``, ``.requests``, switches)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ReleaseHandler)
+    server.daemon_threads = True
+    server.files, server.requests, server.status, server.truncate = dict(files), [], {}, {}
+    server.ranges, server.delay = True, 0.0
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def table_for(files: dict) -> OfficialTable:
+    """The pinned table's shape, with the fixture files' sizes and digests."""
+    pinned = official_table()
+    return dataclasses.replace(pinned, files=tuple(
+        OfficialFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest(), model="fixture")
+        for path, data in files.items()))
+
+
+def pack_with_table(tmp_path: Path, table: OfficialTable) -> Path:
+    """The pack as ComfyUI loads it (links to this checkout) with ``table`` in place of the pinned table."""
+    pack = tmp_path / "pack" / REPO.name
+    pack.mkdir(parents=True)
+    for item in REPO.iterdir():
+        if item.name not in ("release", ".git"):
+            (pack / item.name).symlink_to(item)
+    (pack / "release").mkdir()
+    for item in (REPO / "release").iterdir():
+        if item.name != fetch.TABLE_PATH.name:
+            (pack / "release" / item.name).symlink_to(item)
+    document = {**dataclasses.asdict(table), "files": [dataclasses.asdict(entry) for entry in table.files]}
+    (pack / "release" / fetch.TABLE_PATH.name).write_text(json.dumps(document))
+    return pack

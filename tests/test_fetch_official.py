@@ -6,15 +6,10 @@ their sizes and digests in place of the pinned one; it can truncate a response, 
 status, or stall, and it records every request (and its ``Range`` header).
 """
 
-import contextlib
-import dataclasses
 import hashlib
-import http.server
-import json
 import os
 import re
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -24,99 +19,16 @@ import torch
 from comfyui_dyweight.cli import main as cli_main
 from comfyui_dyweight.coefficients import Coefficients
 from comfyui_dyweight.release import fetch
-from comfyui_dyweight.release.fetch import FetchError, OfficialFile, OfficialTable, fetch_official, official_table
+from comfyui_dyweight.release.fetch import FetchError, fetch_official, official_table
 from reference_tables import compact_weights, load_tables
-from release_files import FLUX_ROWS, SD_ROWS, write_flux, write_snapshot, write_table_snapshot
-
-REPO = Path(__file__).resolve().parents[1]
-SD_PATHS = ["exps/00036-mscoco-nfe8/network-snapshot-000005.pkl", "exps/00037-mscoco-nfe12/network-snapshot-000005.pkl"]
-FLUX_PATH = "dyweight_flux/checkpoints/dyweight_nfe3.pt"
-OUTPUTS = ["dyweight-00036-mscoco-nfe8.safetensors", "dyweight-00037-mscoco-nfe12.safetensors",
-           "dyweight-flux-dyweight_nfe3.safetensors"]
-
-
-# --- a loopback release server --------------------------------------------------------------------------
-
-class ReleaseHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):
-        server = self.server
-        path = self.path.lstrip("/")
-        server.requests.append((path, self.headers.get("Range")))
-        status = server.status.get(path)
-        if status:
-            self.send_error(status)
-            return
-        data = server.files.get(path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        requested = self.headers.get("Range")
-        if requested and server.ranges:
-            start = int(requested.split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        cut = server.truncate.get(path)
-        if cut is not None:
-            body = body[:cut]  # the promised length never arrives: the connection closes early
-        for offset in range(0, len(body), 1024):
-            self.wfile.write(body[offset:offset + 1024])
-            self.wfile.flush()
-            if server.delay:
-                time.sleep(server.delay)
-        self.close_connection = True
-
-
-@contextlib.contextmanager
-def release_server(files: dict):
-    """Serve ``{release path: bytes}`` on 127.0.0.1; yields the server (``.url``, ``.requests``, switches)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ReleaseHandler)
-    server.daemon_threads = True
-    server.files, server.requests, server.status, server.truncate = dict(files), [], {}, {}
-    server.ranges, server.delay = True, 0.0
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def table_for(files: dict) -> OfficialTable:
-    """The pinned table's shape, with the fixture files' sizes and digests."""
-    pinned = official_table()
-    return dataclasses.replace(pinned, files=tuple(
-        OfficialFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest(), model="fixture")
-        for path, data in files.items()))
-
+from release_files import (FIXTURE_OUTPUTS as OUTPUTS, FLUX_PATH, SD_PATHS, fixture_release, pack_with_table,
+                           release_server, table_for, write_flux, write_table_snapshot)
 
 @pytest.fixture
 def release(tmp_path):
     """Two SD1.5 snapshots and a FLUX checkpoint at the release's paths: ``(files, rows per path)``."""
     marker = tmp_path / "MARKER-code-ran"
-    sd_rows = [SD_ROWS, [[row[k] * 1.01 for k in range(4)] for row in SD_ROWS]]
-    files, rows = {}, {}
-    for path, full_rows in zip(SD_PATHS, sd_rows):
-        source = write_snapshot(tmp_path / "release" / path, marker, full_rows=full_rows, t_scale=[1.0, 0.98, 0.99, 0.9],
-                                afs=False, history=2, dataset="ms_coco", teacher_steps=50, loss_type="l2",
-                                schedule_type="discrete", rho=1.0, guidance_type="cfg", guidance_rate=7.5)
-        files[path], rows[path] = source.read_bytes(), (full_rows, 2)
-    flux = write_flux(tmp_path / "release" / FLUX_PATH, FLUX_ROWS, [1.01, 0.99, 0.98, 0.97])
-    files[FLUX_PATH], rows[FLUX_PATH] = flux.read_bytes(), (FLUX_ROWS, 2)
-    yield files, rows
+    yield fixture_release(tmp_path / "release", marker)
     assert not marker.exists(), "code embedded in a release file was executed"
 
 
@@ -350,22 +262,6 @@ def test_the_command(tmp_path, release, monkeypatch, capsys):
 
 
 # --- the button's route on the real server --------------------------------------------------------------
-
-def pack_with_table(tmp_path: Path, table: OfficialTable) -> Path:
-    """The pack as ComfyUI loads it (links to this checkout) with ``table`` in place of the pinned table."""
-    pack = tmp_path / "pack" / REPO.name
-    pack.mkdir(parents=True)
-    for item in REPO.iterdir():
-        if item.name not in ("release", ".git"):
-            (pack / item.name).symlink_to(item)
-    (pack / "release").mkdir()
-    for item in (REPO / "release").iterdir():
-        if item.name != fetch.TABLE_PATH.name:
-            (pack / "release" / item.name).symlink_to(item)
-    document = {**dataclasses.asdict(table), "files": [dataclasses.asdict(entry) for entry in table.files]}
-    (pack / "release" / fetch.TABLE_PATH.name).write_text(json.dumps(document))
-    return pack
-
 
 def test_the_button_route_fetches_and_the_load_node_lists_the_files(host, tmp_path, release):
     from comfy_server import run_server
