@@ -48,15 +48,15 @@ def _run(out_dir) -> None:
     try:
         result = fetch_official(out_dir, progress=_on_progress)
     except FetchError as error:
-        _update(status="error", error=error.problem, manual=error.manual)
+        outcome = {"status": "error", "error": error.problem, "manual": error.manual}
     except Exception as error:  # noqa: BLE001 - reported to the page; the server keeps running
         LOG.exception("DyWeight: fetching the paper's coefficients failed")
-        _update(status="error", error=f"{type(error).__name__}: {error}", manual="")
+        outcome = {"status": "error", "error": f"{type(error).__name__}: {error}", "manual": ""}
     else:
-        _update(status="done", phase=None, file=None, written=[path.name for path in result.written],
-                present=[path.name for path in result.present])
-    finally:
-        folders.forget_listing()
+        outcome = {"status": "done", "phase": None, "file": None, "written": [path.name for path in result.written],
+                   "present": [path.name for path in result.present]}
+    folders.forget_listing()  # before the page hears "done" and asks for the list
+    _update(**outcome)
 
 
 def start_fetch() -> tuple:

@@ -272,6 +272,8 @@ def test_the_button_route_fetches_and_the_load_node_lists_the_files(host, tmp_pa
         release_site.delay = 0.1  # slow enough for the page to see the bytes arrive
         env = {**os.environ, fetch.BASE_URL_VARIABLE: release_site.url}
         with run_server(base, custom_nodes=[pack_with_table(tmp_path, table_for(files))], env=env) as server:
+            folder = base / "models" / "dyweight"
+            before = folder.stat()  # ComfyUI caches the list of a folder until its modification time changes
             listed = server.object_info("DyWeightLoadCoefficients")["DyWeightLoadCoefficients"]["input"]["required"]
             assert not set(OUTPUTS) & set(listed["coefficients"][0])
             assert server.get_json("/dyweight/fetch-official")["status"] == "idle"
@@ -296,6 +298,8 @@ def test_the_button_route_fetches_and_the_load_node_lists_the_files(host, tmp_pa
             assert progress and any(0 < s["done"] < s["total"] for s in progress), seen
             assert {s["count"] for s in progress} == {3}
 
+            # as on a file system whose clock did not tick meanwhile: only the fetch's own refresh can help
+            os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
             listed = server.object_info("DyWeightLoadCoefficients")["DyWeightLoadCoefficients"]["input"]["required"]
             assert set(OUTPUTS) <= set(listed["coefficients"][0])  # no restart
             entries = {entry["name"]: entry for entry in server.get_json("/dyweight/coefficients")["coefficients"]}
