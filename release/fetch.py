@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import http.client
 import json
 import os
@@ -37,7 +36,7 @@ from typing import Callable, Optional
 
 from ..coefficients import Coefficients, CoefficientFileError
 from ..version import __version__
-from .convert import DEFAULT_FLUX_RESOLUTION, flux_resolution_mu, import_release_files
+from .convert import DEFAULT_FLUX_RESOLUTION, file_sha256, flux_resolution_mu, import_release_files
 
 __all__ = ["FetchError", "OfficialFile", "OfficialTable", "BASE_URL_VARIABLE", "fetch_official", "manual_steps",
            "official_table"]
@@ -119,14 +118,6 @@ def manual_steps(out_dir, table: OfficialTable, base_url: Optional[str] = None) 
             f"`python -m comfyui_dyweight fetch-official --out {out_dir}` again (it checks and converts them "
             f"without downloading), or convert them directly:\n"
             f"       python -m comfyui_dyweight import {sources} --out {out_dir}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _converted_sources(out_dir: Path) -> dict:
@@ -218,7 +209,7 @@ def _download(entry: OfficialFile, url: str, target: Path, timeout: float, repor
     if size < entry.size:
         raise FetchError(f"{url}: truncated download, {size} of {entry.size} bytes arrived; run the fetch again "
                          f"to continue it")
-    digest = _sha256(partial)
+    digest = file_sha256(partial)
     if digest != entry.sha256:
         partial.unlink()
         raise FetchError(f"{url}: SHA-256 {digest} is not the pinned {entry.sha256}; the download was removed and "
@@ -264,7 +255,7 @@ def fetch_official(out_dir, *, base_url: Optional[str] = None, force: bool = Fal
     staged, downloaded = [], []
     for index, entry in enumerate(wanted):
         target = staging / entry.path
-        if not (target.is_file() and target.stat().st_size == entry.size and _sha256(target) == entry.sha256):
+        if not (target.is_file() and target.stat().st_size == entry.size and file_sha256(target) == entry.sha256):
             url = table.url(entry, base_url)
 
             def report(done, entry=entry, index=index):

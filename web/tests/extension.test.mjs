@@ -85,6 +85,22 @@ function fakeHost(routes) {
   return { app, api, fetched, listeners };
 }
 
+/** Run ``body(host)`` with the fake DOM and front end; afterwards nothing may have been logged. */
+async function withFrontEnd(routes, body) {
+  fakeDom();
+  const host = fakeHost(routes);
+  const { seen, restore } = captureConsole();
+  try {
+    await body(host);
+  } finally {
+    restore();
+    delete globalThis.document;
+    delete globalThis.__fakeComfy;
+  }
+  assert.deepEqual(seen.error, []);
+  assert.deepEqual(seen.warn, []);
+}
+
 function nodeClass(widgets) {
   return class FakeNode {
     constructor() {
@@ -106,10 +122,9 @@ function nodeClass(widgets) {
 }
 
 test("with the front end: charts on the three nodes, fed by the routes, onExecuted and messages", async () => {
-  fakeDom();
   const ab = fixture("phi_ab_nfe5.json");
   const trained = fixture("phi_trained.json");
-  const host = fakeHost((route) => {
+  await withFrontEnd((route) => {
     if (route === "/dyweight/coefficients/shipped/adams_bashforth/ab-nfe5.safetensors") return [200, ab];
     if (route.startsWith("/dyweight/preset?nfe=5")) return [200, ab];
     if (route === "/dyweight/coefficients/my%20files/broken%23.safetensors") return [422, { error: "truncated download?" }];
@@ -118,9 +133,7 @@ test("with the front end: charts on the three nodes, fed by the routes, onExecut
         eta_s: 10, series: { 5: { train: [[5, 0.2]], val: [], best: null } }, table: [], age_s: 1 }] }];
     }
     return [404, { error: "nope" }];
-  });
-  const { seen, restore } = captureConsole();
-  try {
+  }, async (host) => {
     await import(copyExtension(true));
     assert.equal(host.app.extensions.length, 1);
     const extension = host.app.extensions[0];
@@ -196,24 +209,17 @@ test("with the front end: charts on the three nodes, fed by the routes, onExecut
     class Bare {}
     await extension.beforeRegisterNodeDef(Bare, { name: "DyWeightLoadCoefficients" });
     assert.equal(Bare.prototype.onNodeCreated, undefined);
-  } finally {
-    restore();
-    delete globalThis.document;
-    delete globalThis.__fakeComfy;
-  }
-  assert.deepEqual(seen.error, []);
-  assert.deepEqual(seen.warn, []);
+  });
 });
 
 test("the loader's fetch button posts, shows the progress and refreshes the loaders' lists", async () => {
-  fakeDom();
   const ab = fixture("phi_ab_nfe5.json");
   const states = [
     { status: "running", phase: "download", file: "exps/00036-mscoco-nfe8/network-snapshot-000005.pkl", index: 0, count: 7, done: 7800, total: 15599 },
     { status: "done", written: ["dyweight-00036-mscoco-nfe8.safetensors"], present: [] },
   ];
   const labels = [];
-  const host = fakeHost((route, init) => {
+  await withFrontEnd((route, init) => {
     if (route === "/dyweight/fetch-official" && init?.method === "POST") return [202, { status: "running", phase: "check" }];
     if (route === "/dyweight/fetch-official") return [200, states.shift()];
     if (route === "/object_info/DyWeightLoadCoefficients") {
@@ -221,9 +227,7 @@ test("the loader's fetch button posts, shows the progress and refreshes the load
     }
     if (route.startsWith("/dyweight/coefficients/")) return [200, ab];
     return [404, { error: "nope" }];
-  });
-  const { seen, restore } = captureConsole();
-  try {
+  }, async (host) => {
     const { dyweightFrontend } = await import(copyExtension(true));
     const extension = host.app.extensions.at(-1);
     const Loader = nodeClass([{ name: "coefficients", value: "shipped/adams_bashforth/ab-nfe5.safetensors", options: { values: ["shipped/adams_bashforth/ab-nfe5.safetensors"] } }]);
@@ -255,11 +259,5 @@ test("the loader's fetch button posts, shows the progress and refreshes the load
       assert.deepEqual(node.widgets.find((w) => w.name === "coefficients").options.values,
         ["dyweight-00036-mscoco-nfe8.safetensors", "shipped/adams_bashforth/ab-nfe5.safetensors"]);
     }
-  } finally {
-    restore();
-    delete globalThis.document;
-    delete globalThis.__fakeComfy;
-  }
-  assert.deepEqual(seen.error, []);
-  assert.deepEqual(seen.warn, []);
+  });
 });
