@@ -371,9 +371,14 @@ function showFetchError(node, state) {
 }
 
 /** POST the fetch (or join the running one), show its progress on the button, then refresh the lists. */
-function fetchOfficial(node, button) {
+function fetchOfficial(node) {
   if (fetching) return fetching;
-  const show = (state) => { button.label = lib.fetchLabel(state); redrawCanvas(); };
+  const show = (state) => {
+    // looked up each time: a front end may replace the widget object addWidget returned by its own copy
+    const button = findWidget(node, FETCH_WIDGET);
+    if (button) button.label = lib.fetchLabel(state);
+    redrawCanvas();
+  };
   fetching = (async () => {
     try {
       try {
@@ -401,11 +406,10 @@ function fetchOfficial(node, button) {
 
 function addFetchButton(node) {
   if (typeof node.addWidget !== "function") return;
-  const button = node.addWidget("button", FETCH_WIDGET, null, () => { fetchOfficial(node, button); }, { serialize: false });
+  const button = node.addWidget("button", FETCH_WIDGET, null, () => { fetchOfficial(node); }, { serialize: false });
   if (!button) return;
   button.label = lib.FETCH_LABEL;
   button.serialize = false;
-  node.dyweightFetchButton = button;
 }
 
 // --- wiring ----------------------------------------------------------------------------------------
