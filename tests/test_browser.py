@@ -546,10 +546,18 @@ def test_fetch_button_in_comfyui(browser, tmp_path, which):
             button = f"{node}.widgets.find((w) => w.type === 'button')"
             browser.wait_for(f"!!({node} && {button})", timeout=60, what="the fetch button")
             label = browser.evaluate(f"{button}.label")
-            browser.evaluate(f"(() => {{ {button}.callback(); return true; }})()")
+            # a real click on the button, drawn on the graph canvas (WORKFLOW_SCRIPT sets offset 0, scale 1)
+            where = json.loads(browser.evaluate(
+                f"JSON.stringify((() => {{ const n = {node}, w = {button}, app = window.comfyAPI.app.app;"
+                " const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;"
+                " return [r.left + (n.pos[0] + n.size[0] / 2 + ds.offset[0]) * ds.scale,"
+                "         r.top + (n.pos[1] + w.y + 10 + ds.offset[1]) * ds.scale]; })())"))
+            browser.click(*where)
             choices = f"{node}.widgets.find((w) => w.name === 'coefficients').options.values"
             browser.wait_for(f"{json.dumps(FIXTURE_OUTPUTS)}.every((name) => {choices}.includes(name))", timeout=120,
                              what="the new files in the loader's list")
+            finished = json.dumps("fetch the paper's coefficients (3 new files)")
+            browser.wait_for(f"{button}.label === {finished}", timeout=30, what="the button to show the outcome")
             done = browser.evaluate(f"{button}.label")
             shot = browser.screenshot(tmp_path / "dyweight_fetch_button.png")
             errors = browser.errors()

@@ -406,7 +406,10 @@ function fetchOfficial(node) {
 
 function addFetchButton(node) {
   if (typeof node.addWidget !== "function") return;
-  const button = node.addWidget("button", FETCH_WIDGET, null, () => { fetchOfficial(node); }, { serialize: false });
+  // LiteGraph calls a button's callback with (value, canvas, node, …); the node it was clicked on is used, as
+  // a front end may have moved the widget to another node object than the one it was created for.
+  const press = (value, canvas, clicked) => { fetchOfficial(clicked?.widgets ? clicked : node); };
+  const button = node.addWidget("button", FETCH_WIDGET, null, press, { serialize: false });
   if (!button) return;
   button.label = lib.FETCH_LABEL;
   button.serialize = false;

@@ -262,7 +262,7 @@ test("the loader's fetch button posts, shows the progress and refreshes the load
     assert.equal(button.options.serialize, false);
     assert.ok(loader.widgets.indexOf(button) < loader.widgets.indexOf(loader.dyweightPanel.widget)); // above the chart
 
-    button.callback();
+    button.callback(button.value, {}, loader); // as LiteGraph calls it: (value, canvas, node, …)
     await dyweightFrontend.fetchOfficial(loader); // the press's fetch, still running: the same promise
     assert.deepEqual(host.fetched.filter((r) => r.includes("fetch-official") || r.includes("object_info")), [
       "POST /dyweight/fetch-official", "/dyweight/fetch-official", "/dyweight/fetch-official", "/object_info/DyWeightLoadCoefficients"]);
