@@ -544,7 +544,9 @@ def test_fetch_button_in_comfyui(browser, tmp_path, which):
             _open_workflow(browser, server, "shipped/adams_bashforth/ab-nfe5.safetensors")
             node = "window.comfyAPI.app.app.graph.getNodeById(1)"
             button = f"{node}.widgets.find((w) => w.type === 'button')"
-            browser.wait_for(f"!!({node} && {button})", timeout=60, what="the fetch button")
+            drawn = f"!!({node} && {button} && {button}.y > 0 && {node}.dyweightPanel && {node}.dyweightPanel.view)"
+            browser.wait_for(drawn, timeout=60, what="the fetch button and the chart, drawn")
+            time.sleep(1.0)  # let the canvas settle before clicking on it
             label = browser.evaluate(f"{button}.label")
             # a real click on the button, drawn on the graph canvas (WORKFLOW_SCRIPT sets offset 0, scale 1)
             where = json.loads(browser.evaluate(
@@ -553,6 +555,7 @@ def test_fetch_button_in_comfyui(browser, tmp_path, which):
                 " return [r.left + (n.pos[0] + n.size[0] / 2 + ds.offset[0]) * ds.scale,"
                 "         r.top + (n.pos[1] + w.y + 10 + ds.offset[1]) * ds.scale]; })())"))
             browser.click(*where)
+            browser.wait_for(f"{button}.label !== {json.dumps(label)}", timeout=30, what="the click to start the fetch")
             choices = f"{node}.widgets.find((w) => w.name === 'coefficients').options.values"
             browser.wait_for(f"{json.dumps(FIXTURE_OUTPUTS)}.every((name) => {choices}.includes(name))", timeout=120,
                              what="the new files in the loader's list")
