@@ -34,6 +34,17 @@ def user_folders() -> list:
     return [Path(path) for path in folder_paths.get_folder_paths(FOLDER_NAME)]
 
 
+def forget_listing() -> None:
+    """Drop ``folder_paths``' cached file list of ``models/dyweight`` so files written just now are listed.
+
+    ComfyUI re-reads a folder when its modification time changes, but a rename within the same clock tick
+    of a coarse file system can leave the old list; the next ``get_filename_list`` call rebuilds it.
+    """
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop(FOLDER_NAME, None)
+
+
 def coefficient_names() -> list:
     """Every selectable coefficient file: user files first, then the shipped presets."""
     user = sorted(folder_paths.get_filename_list(FOLDER_NAME))

@@ -6,6 +6,9 @@
 ``GET /dyweight/preset?nfe=5[&prediction=eps&family=SD15]``  the Φ KSampler (DyWeight) would pick
 ``GET /dyweight/training``                             the state of every training node
 ``GET /dyweight/training/{node}``                      the state of one training node
+``POST /dyweight/fetch-official``                      start fetching the paper's coefficients (202; 409
+                                                       while a fetch runs)
+``GET /dyweight/fetch-official``                       that fetch's progress and outcome
 =====================================================  ============================================
 
 ComfyUI serves each route under ``/api`` as well. A name resolves only if it is one of the listed
@@ -24,6 +27,7 @@ from ..coefficients import Coefficients, CoefficientFileError
 from ..coefficients.phi import PREDICTIONS
 from . import folders
 from .constants import LOG
+from .official_fetch import fetch_state, start_fetch
 from .phi_json import phi_to_json, to_strict_json
 from .training_events import prompt_server, training_state
 
@@ -170,12 +174,27 @@ async def get_training(request):
     return _json(state)
 
 
+@_json_errors
+async def post_fetch_official(request):
+    started, state = start_fetch()
+    if not started:
+        return _error(409, "the paper's coefficients are being fetched already", state=state)
+    return _json(state, status=202)
+
+
+@_json_errors
+async def get_fetch_official(request):
+    return _json(fetch_state())
+
+
 ROUTES = (
     ("GET", PREFIX + "/coefficients", list_coefficients),
     ("GET", PREFIX + "/coefficients/{name:.+}", get_coefficients),
     ("GET", PREFIX + "/preset", get_preset),
     ("GET", PREFIX + "/training", list_training),
     ("GET", PREFIX + "/training/{node}", get_training),
+    ("POST", PREFIX + "/fetch-official", post_fetch_official),
+    ("GET", PREFIX + "/fetch-official", get_fetch_official),
 )
 
 

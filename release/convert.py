@@ -42,7 +42,7 @@ from ..coefficients.schedules import flux_sigmas
 from ..version import __version__
 from .safe_unpickle import ExternalReference, PersistentRecord, load_release_object
 
-__all__ = ["ReleaseImportError", "import_release_file", "import_release_files", "release_sources",
+__all__ = ["ReleaseImportError", "import_release_file", "import_release_files", "release_sources", "file_sha256",
            "output_name", "flux_resolution_mu", "release_schedule", "DEFAULT_FLUX_RESOLUTION"]
 
 RELEASE = OFFICIAL_RELEASE
@@ -218,7 +218,8 @@ def _string(value) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), as recorded in ``training.source_sha256``."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -411,7 +412,7 @@ def import_release_file(path, *, flux_mu: Optional[float] = None) -> Coefficient
     """
     path = Path(path)
     data = load_release_object(path)
-    sha256 = _sha256(path)
+    sha256 = file_sha256(path)
     if isinstance(data, dict) and "predictor" in data:
         return _convert_snapshot(data, path, sha256)
     if isinstance(data, dict) and ("dyweight_weights_raw" in data or "dyweight_params" in data):

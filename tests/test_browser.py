@@ -408,8 +408,9 @@ def _show_node_help(browser, server, graph_id, node_id, path):
     return where, browser.screenshot(path)
 
 
-@pytest.mark.parametrize("which", ["host", "newest"])
-def test_charts_in_comfyui(browser, tmp_path, which):
+def _comfyui_with_frontend(base: Path, which: str):
+    """``(comfy_server module, front-end root, its version)`` for a server under ``base`` serving the ``which``
+    ("host" or "newest") front end; skips without a current host."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
         import comfy_host
@@ -431,12 +432,27 @@ def test_charts_in_comfyui(browser, tmp_path, which):
         frontend = frontends.frontend_root(version)
     except RuntimeError as error:
         comfy_host._skip(str(error), missing_host=True)
-
-    base = tmp_path / "comfy"
-    name = _trained_phi_file(base / "models" / "dyweight")
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    return comfy_server, frontend, version
+
+
+def _open_workflow(browser, server, file_name: str) -> dict:
+    """The ComfyUI page with Load DyWeight Coefficients (node 1, ``file_name``), KSampler (DyWeight) (node 2)
+    and, where the server has it, Train DyWeight Coefficients (node 3)."""
+    browser.navigate(server.url + "/")
+    browser.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app && "
+                     "window.comfyAPI.app.app.graph && window.comfyAPI.app.app.canvas)",
+                     timeout=120, what="the ComfyUI front end")
+    return json.loads(browser.evaluate(WORKFLOW_SCRIPT % {"file": json.dumps(file_name)}))
+
+
+@pytest.mark.parametrize("which", ["host", "newest"])
+def test_charts_in_comfyui(browser, tmp_path, which):
+    base = tmp_path / "comfy"
+    comfy_server, frontend, version = _comfyui_with_frontend(base, which)
+    name = _trained_phi_file(base / "models" / "dyweight")
     with comfy_server.run_server(base, custom_nodes=[REPO], extra_args=["--front-end-root", str(frontend)]) as server:
         listing = server.get_json("/api/dyweight/coefficients")["coefficients"]
         assert any(entry["name"] == name and entry.get("trained") for entry in listing), listing
@@ -447,11 +463,7 @@ def test_charts_in_comfyui(browser, tmp_path, which):
         if "DyWeightLoadCoefficients" not in server.object_info():
             _skip("the pack's nodes are not registered on this server yet")
 
-        browser.navigate(server.url + "/")
-        browser.wait_for("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app && "
-                         "window.comfyAPI.app.app.graph && window.comfyAPI.app.app.canvas)",
-                         timeout=120, what="the ComfyUI front end")
-        loaded = json.loads(browser.evaluate(WORKFLOW_SCRIPT % {"file": json.dumps(name)}))
+        loaded = _open_workflow(browser, server, name)
         ready = ("(() => { const g = window.comfyAPI.app.app.graph;"
                  " const a = g.getNodeById(1), b = g.getNodeById(2);"
                  " return !!(a && b && a.dyweightPanel && b.dyweightPanel &&"
@@ -508,3 +520,53 @@ def test_charts_in_comfyui(browser, tmp_path, which):
     assert facts["a"][0] == name and facts["a"][1] == "file" and facts["a"][2] > 150
     assert facts["b"][0] == "ab-nfe5.safetensors" and facts["b"][2] is True
     assert shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("which", ["host", "newest"])
+def test_fetch_button_in_comfyui(browser, tmp_path, which):
+    """The Load node's button in the real front end: the fetch runs against a loopback release site and the
+    loader's list holds the new files without a reload."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from release_files import FIXTURE_OUTPUTS, fixture_release, pack_with_table, release_server, table_for
+    finally:
+        sys.path.pop(0)
+    from comfyui_dyweight.release.fetch import BASE_URL_VARIABLE
+
+    base = tmp_path / "comfy"
+    comfy_server, frontend, version = _comfyui_with_frontend(base, which)
+    files, _ = fixture_release(tmp_path / "release", tmp_path / "MARKER-code-ran")
+    pack = pack_with_table(tmp_path, table_for(files))
+    with release_server(files) as site:
+        env = {**os.environ, BASE_URL_VARIABLE: site.url}
+        with comfy_server.run_server(base, custom_nodes=[pack], env=env,
+                                     extra_args=["--front-end-root", str(frontend)]) as server:
+            _open_workflow(browser, server, "shipped/adams_bashforth/ab-nfe5.safetensors")
+            node = "window.comfyAPI.app.app.graph.getNodeById(1)"
+            button = f"{node}.widgets.find((w) => w.type === 'button')"
+            drawn = f"!!({node} && {button} && {button}.y > 0 && {node}.dyweightPanel && {node}.dyweightPanel.view)"
+            browser.wait_for(drawn, timeout=60, what="the fetch button and the chart, drawn")
+            time.sleep(1.0)  # let the canvas settle before clicking on it
+            label = browser.evaluate(f"{button}.label")
+            # a real click on the button, drawn on the graph canvas (WORKFLOW_SCRIPT sets offset 0, scale 1)
+            where = json.loads(browser.evaluate(
+                f"JSON.stringify((() => {{ const n = {node}, w = {button}, app = window.comfyAPI.app.app;"
+                " const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;"
+                " return [r.left + (n.pos[0] + n.size[0] / 2 + ds.offset[0]) * ds.scale,"
+                "         r.top + (n.pos[1] + w.y + 10 + ds.offset[1]) * ds.scale]; })())"))
+            browser.click(*where)
+            browser.wait_for(f"{button}.label !== {json.dumps(label)}", timeout=30, what="the click to start the fetch")
+            choices = f"{node}.widgets.find((w) => w.name === 'coefficients').options.values"
+            browser.wait_for(f"{json.dumps(FIXTURE_OUTPUTS)}.every((name) => {choices}.includes(name))", timeout=120,
+                             what="the new files in the loader's list")
+            finished = json.dumps("fetch the paper's coefficients (3 new files)")
+            browser.wait_for(f"{button}.label === {finished}", timeout=30, what="the button to show the outcome")
+            done = browser.evaluate(f"{button}.label")
+            shot = browser.screenshot(tmp_path / "dyweight_fetch_button.png")
+            errors = browser.errors()
+    print(f"\n[test_browser] comfyui-frontend-package {version} ({which}): fetch button screenshot {shot}; "
+          f"label {label!r} -> {done!r}")
+    assert label == "fetch the paper's coefficients" and done == "fetch the paper's coefficients (3 new files)"
+    assert len(site.requests) == 3
+    ours = [e for e in errors if "dyweight" in e.lower() or "/extensions/" in e]
+    assert ours == [], ours

@@ -1,16 +1,20 @@
-// ComfyUI-DyWeight front end: a Φ chart on "Load DyWeight Coefficients" and "KSampler (DyWeight)", and a
-// live training panel on "Train DyWeight Coefficients". Everything is guarded: if the front end's API is
-// missing or different, the nodes stay plain nodes and nothing is logged as an error.
+// ComfyUI-DyWeight front end: a Φ chart on "Load DyWeight Coefficients" and "KSampler (DyWeight)", a
+// button on the former that fetches the paper's coefficients, and a live training panel on "Train DyWeight
+// Coefficients". Everything is guarded: if the front end's API is missing or different, the nodes stay
+// plain nodes and nothing is logged as an error.
 //
-// Data: GET /dyweight/coefficients/{name}, /dyweight/preset?nfe=N, /dyweight/training/{node}
-// (nodes/routes.py), the nodes' UI output {"dyweight_phi": [phi]} (onExecuted), and the server
-// message "dyweight.training".
+// Data: GET /dyweight/coefficients/{name}, /dyweight/preset?nfe=N, /dyweight/training/{node},
+// POST + GET /dyweight/fetch-official (nodes/routes.py), /object_info, the nodes' UI output
+// {"dyweight_phi": [phi]} (onExecuted), and the server message "dyweight.training".
 
 const EXTENSION = "DyWeight.Frontend";
 const PHI_NODES = { DyWeightLoadCoefficients: "file", KSamplerDyWeight: "sampler" };
 const TRAIN_NODE = "DyWeightTrain";
 const PHI_WIDGET = "dyweight_phi_chart";
 const TRAIN_WIDGET = "dyweight_training_chart";
+const FETCH_WIDGET = "dyweight_fetch_official";
+const FETCH_ROUTE = "/dyweight/fetch-official";
+const FETCH_POLL_MS = 500;
 const MIN_WIDTH = 380;
 const MARGIN = 6;
 
@@ -24,24 +28,23 @@ function note(message, error) {
 }
 
 try {
-  const [appModule, apiModule, phiView, trainingView, phiChart, trainingChart, format] = await Promise.all([
+  const [appModule, apiModule, phiView, trainingView, phiChart, trainingChart, format, fetchView] = await Promise.all([
     import("../../scripts/app.js"), import("../../scripts/api.js"),
     import("./lib/phi_view.js"), import("./lib/training_view.js"),
-    import("./lib/phi_chart.js"), import("./lib/training_chart.js"), import("./lib/format.js"),
+    import("./lib/phi_chart.js"), import("./lib/training_chart.js"), import("./lib/format.js"), import("./lib/fetch_view.js"),
   ]);
   app = appModule.app;
   api = apiModule.api;
-  lib = { ...phiView, ...trainingView, ...phiChart, ...trainingChart, ...format };
+  lib = { ...phiView, ...trainingView, ...phiChart, ...trainingChart, ...format, ...fetchView };
 } catch (error) {
   note("front end not available here; the DyWeight nodes work without their charts.", error);
 }
 
 // --- helpers ---------------------------------------------------------------------------------------
 
-async function getJson(route) {
-  const response = api && typeof api.fetchApi === "function"
-    ? await api.fetchApi(route, { cache: "no-store" })
-    : await fetch("/api" + route, { cache: "no-store" });
+async function requestJson(route, method = "GET") {
+  const init = { method, cache: "no-store" };
+  const response = api && typeof api.fetchApi === "function" ? await api.fetchApi(route, init) : await fetch("/api" + route, init);
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
   if (!response.ok) {
@@ -52,6 +55,8 @@ async function getJson(route) {
   }
   return body;
 }
+
+const getJson = (route) => requestJson(route);
 
 const encodeName = (name) => String(name).split("/").map(encodeURIComponent).join("/");
 
@@ -336,6 +341,80 @@ function onTrainingMessage(event) {
   }
 }
 
+// --- the "fetch the paper's coefficients" button ------------------------------------------------------
+
+let fetching = null; // the page's one fetch (any loader's button shows it)
+
+function graphNodes() {
+  const nodes = app?.graph?._nodes ?? app?.graph?.nodes;
+  return Array.isArray(nodes) ? nodes : [];
+}
+
+/** Put the server's current list of coefficient files into every loader's combo (no page reload). */
+async function refreshCoefficientChoices(pressed) {
+  const values = lib.coefficientChoices(await getJson("/object_info/DyWeightLoadCoefficients"));
+  if (!values) return;
+  const loaders = new Set([pressed, ...graphNodes().filter((n) => n?.comfyClass === "DyWeightLoadCoefficients" || n?.type === "DyWeightLoadCoefficients")]);
+  for (const node of loaders) {
+    const combo = findWidget(node, "coefficients");
+    if (combo) combo.options = { ...(combo.options ?? {}), values };
+  }
+}
+
+function showFetchError(node, state) {
+  const text = lib.fetchErrorText(state);
+  note(`fetching the paper's coefficients failed:\n${text}`);
+  node.dyweightPanel?.showMessage(`fetching the paper's coefficients failed: ${state?.error ?? "see the browser console"}`);
+  try {
+    app?.extensionManager?.toast?.add?.({ severity: "error", summary: "DyWeight: fetch failed", detail: text });
+  } catch (_) { /* no toasts in this front end */ }
+}
+
+/** POST the fetch (or join the running one), show its progress on the button, then refresh the lists. */
+function fetchOfficial(node) {
+  if (fetching) return fetching;
+  const show = (state) => {
+    // looked up each time: a front end may replace the widget object addWidget returned by its own copy
+    const button = findWidget(node, FETCH_WIDGET);
+    if (button) button.label = lib.fetchLabel(state);
+    redrawCanvas();
+  };
+  fetching = (async () => {
+    try {
+      try {
+        show(await requestJson(FETCH_ROUTE, "POST"));
+      } catch (error) {
+        if (error.status !== 409) throw error; // 409: a fetch is running already: follow it
+      }
+      let state;
+      do {
+        await new Promise((resolve) => setTimeout(resolve, FETCH_POLL_MS));
+        state = await getJson(FETCH_ROUTE);
+        show(state);
+      } while (lib.fetchRunning(state));
+      if (state.status === "done") await refreshCoefficientChoices(node);
+      else showFetchError(node, state);
+    } catch (error) {
+      show({ status: "error" });
+      showFetchError(node, { error: error.message || String(error) });
+    } finally {
+      fetching = null;
+    }
+  })();
+  return fetching;
+}
+
+function addFetchButton(node) {
+  if (typeof node.addWidget !== "function") return;
+  // LiteGraph calls a button's callback with (value, canvas, node, …); the node it was clicked on is used, as
+  // a front end may have moved the widget to another node object than the one it was created for.
+  const press = (value, canvas, clicked) => { fetchOfficial(clicked?.widgets ? clicked : node); };
+  const button = node.addWidget("button", FETCH_WIDGET, null, press, { serialize: false });
+  if (!button) return;
+  button.label = lib.FETCH_LABEL;
+  button.serialize = false;
+}
+
 // --- wiring ----------------------------------------------------------------------------------------
 
 function canAddPanels(nodeType) {
@@ -346,6 +425,7 @@ function setupPhiNode(nodeType, role) {
   const proto = nodeType.prototype;
   chain(proto, "onNodeCreated", function () {
     if (typeof this.addDOMWidget !== "function") return;
+    if (role === "file") addFetchButton(this);
     const panel = new PhiPanel(this, role);
     this.dyweightPanel = panel;
     const watch = role === "file" ? ["coefficients"] : ["steps"];
@@ -429,4 +509,4 @@ if (app && lib && typeof app.registerExtension === "function") {
 }
 
 // For the browser test and for debugging from the console.
-export const dyweightFrontend = { trainingStates, trainingPanels, onTrainingMessage, PhiPanel, TrainingPanel };
+export const dyweightFrontend = { trainingStates, trainingPanels, onTrainingMessage, PhiPanel, TrainingPanel, fetchOfficial };

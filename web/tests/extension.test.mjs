@@ -74,15 +74,31 @@ function fakeHost(routes) {
     graph: { setDirtyCanvas() {} },
   };
   const api = {
-    async fetchApi(route) {
-      fetched.push(route);
-      const [status, body] = routes(route);
-      return { ok: status === 200, status, json: async () => body };
+    async fetchApi(route, init) {
+      fetched.push(init?.method && init.method !== "GET" ? `${init.method} ${route}` : route);
+      const [status, body] = routes(route, init);
+      return { ok: status >= 200 && status < 300, status, json: async () => body };
     },
     addEventListener(name, fn) { listeners[name] = fn; },
   };
   globalThis.__fakeComfy = { app, api };
   return { app, api, fetched, listeners };
+}
+
+/** Run ``body(host)`` with the fake DOM and front end; afterwards nothing may have been logged. */
+async function withFrontEnd(routes, body) {
+  fakeDom();
+  const host = fakeHost(routes);
+  const { seen, restore } = captureConsole();
+  try {
+    await body(host);
+  } finally {
+    restore();
+    delete globalThis.document;
+    delete globalThis.__fakeComfy;
+  }
+  assert.deepEqual(seen.error, []);
+  assert.deepEqual(seen.warn, []);
 }
 
 function nodeClass(widgets) {
@@ -106,10 +122,9 @@ function nodeClass(widgets) {
 }
 
 test("with the front end: charts on the three nodes, fed by the routes, onExecuted and messages", async () => {
-  fakeDom();
   const ab = fixture("phi_ab_nfe5.json");
   const trained = fixture("phi_trained.json");
-  const host = fakeHost((route) => {
+  await withFrontEnd((route) => {
     if (route === "/dyweight/coefficients/shipped/adams_bashforth/ab-nfe5.safetensors") return [200, ab];
     if (route.startsWith("/dyweight/preset?nfe=5")) return [200, ab];
     if (route === "/dyweight/coefficients/my%20files/broken%23.safetensors") return [422, { error: "truncated download?" }];
@@ -118,9 +133,7 @@ test("with the front end: charts on the three nodes, fed by the routes, onExecut
         eta_s: 10, series: { 5: { train: [[5, 0.2]], val: [], best: null } }, table: [], age_s: 1 }] }];
     }
     return [404, { error: "nope" }];
-  });
-  const { seen, restore } = captureConsole();
-  try {
+  }, async (host) => {
     await import(copyExtension(true));
     assert.equal(host.app.extensions.length, 1);
     const extension = host.app.extensions[0];
@@ -196,11 +209,67 @@ test("with the front end: charts on the three nodes, fed by the routes, onExecut
     class Bare {}
     await extension.beforeRegisterNodeDef(Bare, { name: "DyWeightLoadCoefficients" });
     assert.equal(Bare.prototype.onNodeCreated, undefined);
-  } finally {
-    restore();
-    delete globalThis.document;
-    delete globalThis.__fakeComfy;
-  }
-  assert.deepEqual(seen.error, []);
-  assert.deepEqual(seen.warn, []);
+  });
+});
+
+test("the loader's fetch button posts, shows the progress and refreshes the loaders' lists", async () => {
+  const ab = fixture("phi_ab_nfe5.json");
+  const states = [
+    { status: "running", phase: "download", file: "exps/00036-mscoco-nfe8/network-snapshot-000005.pkl", index: 0, count: 7, done: 7800, total: 15599 },
+    { status: "done", written: ["dyweight-00036-mscoco-nfe8.safetensors"], present: [] },
+  ];
+  const labels = [];
+  await withFrontEnd((route, init) => {
+    if (route === "/dyweight/fetch-official" && init?.method === "POST") return [202, { status: "running", phase: "check" }];
+    if (route === "/dyweight/fetch-official") return [200, states.shift()];
+    if (route === "/object_info/DyWeightLoadCoefficients") {
+      return [200, { DyWeightLoadCoefficients: { input: { required: { coefficients: [["dyweight-00036-mscoco-nfe8.safetensors", "shipped/adams_bashforth/ab-nfe5.safetensors"]] } } } }];
+    }
+    if (route.startsWith("/dyweight/coefficients/")) return [200, ab];
+    return [404, { error: "nope" }];
+  }, async (host) => {
+    const { dyweightFrontend } = await import(copyExtension(true));
+    const extension = host.app.extensions.at(-1);
+    const Loader = nodeClass([{ name: "coefficients", value: "shipped/adams_bashforth/ab-nfe5.safetensors", options: { values: ["shipped/adams_bashforth/ab-nfe5.safetensors"] } }]);
+    Loader.prototype.addWidget = function (type, name, value, callback, options) {
+      const widget = { type, name, value, callback, options };
+      this.widgets.push(widget);
+      return widget;
+    };
+    // Newer front ends keep their own copy of a widget, not the object addWidget returned: labels must be
+    // set on the node's widget.
+    const frontEndCopies = (node) => {
+      node.widgets = node.widgets.map((w) => {
+        if (w.type !== "button") return w;
+        const copy = { ...w, _label: w.label };
+        delete copy.label;
+        Object.defineProperty(copy, "label", { get() { return this._label; }, set(text) { this._label = text; labels.push(text); } });
+        return copy;
+      });
+    };
+    await extension.beforeRegisterNodeDef(Loader, { name: "DyWeightLoadCoefficients" });
+    const loader = new Loader();
+    const other = new Loader();
+    host.app.graph._nodes = [Object.assign(loader, { comfyClass: "DyWeightLoadCoefficients" }), Object.assign(other, { comfyClass: "DyWeightLoadCoefficients" })];
+    loader.onNodeCreated();
+    other.onNodeCreated();
+    frontEndCopies(loader);
+    frontEndCopies(other);
+    await tick();
+    const button = loader.widgets.find((w) => w.type === "button");
+    assert.equal(button.label, "fetch the paper's coefficients");
+    assert.equal(button.serialize, false);
+    assert.equal(button.options.serialize, false);
+    assert.ok(loader.widgets.indexOf(button) < loader.widgets.indexOf(loader.dyweightPanel.widget)); // above the chart
+
+    button.callback(button.value, {}, loader); // as LiteGraph calls it: (value, canvas, node, …)
+    await dyweightFrontend.fetchOfficial(loader); // the press's fetch, still running: the same promise
+    assert.deepEqual(host.fetched.filter((r) => r.includes("fetch-official") || r.includes("object_info")), [
+      "POST /dyweight/fetch-official", "/dyweight/fetch-official", "/dyweight/fetch-official", "/object_info/DyWeightLoadCoefficients"]);
+    assert.deepEqual(labels, ["checking\u2026", "downloading 1/7 \u00b7 50%", "fetch the paper's coefficients (1 new file)"]);
+    for (const node of [loader, other]) {
+      assert.deepEqual(node.widgets.find((w) => w.name === "coefficients").options.values,
+        ["dyweight-00036-mscoco-nfe8.safetensors", "shipped/adams_bashforth/ab-nfe5.safetensors"]);
+    }
+  });
 });
