@@ -33,15 +33,16 @@ def coefficients_for_sigmas(facts, sigmas: torch.Tensor) -> tuple:
     """
     steps = len(sigmas) - 1
     registry = preset_registry()
-    preset = registry.find(facts.family, facts.prediction, nfe=steps, steps=steps)
-    if preset.learned and _starts_at_sigma_max(sigmas, facts):
-        own = phi_sigmas(bind_to_model(preset.coefficients, facts), facts).to(sigmas)
-        if _reaches_end(sigmas, own):
-            if not torch.allclose(own, sigmas, rtol=1e-4, atol=1e-6):
+    if _whole_schedule(sigmas, facts):
+        preset = registry.find(facts.family, facts.prediction, nfe=steps, steps=steps)
+        sigmas_used = sigmas
+        if preset.learned:
+            sigmas_used = phi_sigmas(bind_to_model(preset.coefficients, facts), facts).to(sigmas)
+            if not torch.allclose(sigmas_used, sigmas, rtol=1e-4, atol=1e-6):
                 LOG.info("DyWeight: %s runs on its own learned schedule instead of the scheduler's %d steps",
                          preset.describe(), steps)
-            LOG.info("DyWeight: %s, %s, %d steps: using %s", facts.family, facts.prediction, steps, preset.describe())
-            return preset.coefficients, own
+        LOG.info("DyWeight: %s, %s, %d steps: using %s", facts.family, facts.prediction, steps, preset.describe())
+        return preset.coefficients, sigmas_used
     for candidate in registry.candidates(facts.family, facts.prediction):
         if candidate.learned and candidate.coefficients.steps > steps:
             own = phi_sigmas(bind_to_model(candidate.coefficients, facts), facts).to(sigmas)
@@ -50,20 +51,19 @@ def coefficients_for_sigmas(facts, sigmas: torch.Tensor) -> tuple:
                 LOG.info("DyWeight: steps %d–%d of %s (a slice of the schedule it was learned for)",
                          start, start + steps - 1, candidate.describe())
                 return candidate.coefficients.steps_slice(start, start + steps), sigmas
-    fallback = adams_bashforth(steps, 4, final_denoise=float(sigmas[-1]) == 0.0,
-                               prediction="flow" if facts.prediction == "flow" else None)
-    what = "a slice of a schedule no learned Φ was made for" if preset.learned else preset.describe()
-    LOG.info("DyWeight: %s, %s, %d steps: Adams–Bashforth (%s)", facts.family, facts.prediction, steps, what)
-    return fallback, sigmas
+    LOG.info("DyWeight: %s, %s, %d steps: Adams–Bashforth (a slice of a schedule no learned Φ was made for)",
+             facts.family, facts.prediction, steps)
+    return adams_bashforth(steps, 4, final_denoise=float(sigmas[-1]) == 0.0,
+                           prediction="flow" if facts.prediction == "flow" else None), sigmas
+
+
+def _whole_schedule(sigmas: torch.Tensor, facts) -> bool:
+    """From the model's σ_max down to its σ_min or 0 (not a slice of a schedule)."""
+    return _starts_at_sigma_max(sigmas, facts) and float(sigmas[-1]) <= facts.sigma_min * (1 + 1e-3)
 
 
 def _starts_at_sigma_max(sigmas: torch.Tensor, facts) -> bool:
     return abs(float(sigmas[0]) - facts.sigma_max) <= 1e-3 * facts.sigma_max
-
-
-def _reaches_end(sigmas: torch.Tensor, own: torch.Tensor) -> bool:
-    """Whether a schedule runs down to where the Φ's ends (σ_min) or further (0)."""
-    return float(sigmas[-1]) <= float(own[-1]) * (1 + 1e-4) + 1e-6
 
 
 def _slice_start(grid: torch.Tensor, sigmas: torch.Tensor):

@@ -169,3 +169,25 @@ def test_stock_ksampler_samples_with_a_dss_file_from_the_users_folder(dw, reques
     (sampler,) = dw.DyWeightSampler().get_sampler(coefficients=phi)
     expected = sampler_custom(model, conditioning, latent, sampler, sigmas, cfg)
     assert torch.isfinite(stock).all() and torch.allclose(stock, expected, rtol=1e-5, atol=1e-3), (stock - expected).abs().max()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_with_no_file_of_the_users_the_stock_sampler_runs_the_shipped_table(dw, request, case, tmp_path, monkeypatch,
+                                                                             caplog):
+    """A fresh install: the flow table on FLUX, the DDPM table on SD1.5, on their own grids (the bar of the
+    'learned solvers out of the box' issue, in-process)."""
+    import folder_paths
+
+    model, conditioning, latent = request.getfixturevalue(case)
+    family, steps, scheduler, cfg = CASES[case]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "dyweight", ([str(tmp_path)], {".safetensors"}))
+    if hasattr(folder_paths, "filename_list_cache"):
+        monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    with caplog.at_level(logging.INFO, logger="comfyui_dyweight"):
+        stock = comfy_host.sample_with_ksampler(model, *conditioning, latent, 1, steps, cfg, "dyweight", scheduler)
+    assert f"using {preset_name(family, steps)} (dss, shipped DSS, NFE {steps})" in caplog.text
+    phi = shipped(family, steps)
+    (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, str(steps), coefficients=phi)
+    (sampler,) = dw.DyWeightSampler().get_sampler(coefficients=phi)
+    expected = sampler_custom(model, conditioning, latent, sampler, sigmas, cfg)
+    assert torch.allclose(stock, expected, rtol=1e-5, atol=1e-3), (stock - expected).abs().max()

@@ -77,3 +77,46 @@ def test_server_runs_our_nodes_and_survives_a_bad_coefficient_file(host, tmp_pat
             "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}})
         entry = server.wait(server.post_prompt(stock), timeout=180)  # still serving after the failure
         assert [f for f in server.output_files(entry) if f.is_file()], entry
+
+
+def test_a_fresh_install_runs_a_learned_solver_at_nfe_5_and_says_which(host, tmp_path):
+    """Empty models/dyweight: KSampler (DyWeight) and the stock `dyweight` run the shipped DSS table for ε
+    models at NFE 5; two KSamplerAdvanced stages (a split schedule) run Adams–Bashforth on each slice."""
+    base = tmp_path / "server"
+    comfy_host.write_tiny_checkpoint(base / "models")
+    (base / "models" / "dyweight").mkdir(parents=True)
+    table = "dss-ddpm-dit-nfe5.safetensors (dss, shipped DSS, NFE 5)"
+
+    with run_server(base, custom_nodes=[REPO], timeout=180) as server:
+        steps = server.object_info()["KSamplerDyWeight"]["input"]["required"]["steps"]
+        assert "5 (learned)" in steps[0] and "4" in steps[0] and steps[1]["default"] == "5 (learned)"
+
+        ours = text_to_image(ksampler_dyweight(steps="5 (learned)"))
+        entry = server.wait(server.post_prompt(ours), timeout=180)
+        assert entry["outputs"]["5"]["text"] == [f"DyWeight ran {table}"]
+        assert entry["outputs"]["5"]["dyweight_phi"][0]["solver"] == "dss"
+        saved_before_the_marks = text_to_image(ksampler_dyweight(steps="5"))  # a workflow saved with "5"
+        assert [f for f in server.output_files(server.wait(server.post_prompt(saved_before_the_marks), timeout=180))]
+
+        stock = text_to_image({"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 3, "steps": 5, "cfg": 5.0, "sampler_name": "dyweight", "scheduler": "karras",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}})
+        server.wait(server.post_prompt(stock), timeout=180)
+        log = server.log_tail(200_000)
+        assert f"SD15, eps, 5 steps: using {table}" in log
+        assert f"{table} runs on its own learned schedule instead of the scheduler's 5 steps" in log
+
+        def advanced(start, end, latent, noise):
+            return {"class_type": "KSamplerAdvanced", "inputs": {
+                "model": ["1", 0], "add_noise": noise, "noise_seed": 3, "steps": 6, "cfg": 5.0,
+                "sampler_name": "dyweight", "scheduler": "karras", "positive": ["2", 0], "negative": ["3", 0],
+                "latent_image": latent, "start_at_step": start, "end_at_step": end,
+                "return_with_leftover_noise": "enable" if end < 6 else "disable"}}
+
+        split = text_to_image(advanced(0, 3, ["4", 0], "enable"))
+        split["6"]["inputs"]["samples"] = ["8", 0]
+        split["8"] = advanced(3, 10000, ["5", 0], "disable")
+        entry = server.wait(server.post_prompt(split), timeout=180)
+        assert [f for f in server.output_files(entry) if f.is_file()], entry
+        slices = "SD15, eps, 3 steps: Adams–Bashforth (a slice of a schedule no learned Φ was made for)"
+        assert server.log_tail(200_000).count(slices) == 2
