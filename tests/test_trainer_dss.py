@@ -78,7 +78,7 @@ def test_trained_dss_keeps_its_grid_in_the_schedule_and_beats_euler_on_new_seeds
     assert (grid[1:] < grid[:-1]).all()
     assert not torch.allclose(grid, karras(4), rtol=1e-3)  # the grid itself was learned
     losses = [loss for _, loss in trained.history[4]["dss"]["train"]]
-    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+    assert sum(losses[-10:]) < 0.75 * sum(losses[:10])
     fresh = latents(48, mixture.dim, 99)
     exact = mixture.ode_solution(fresh, SIGMA_MAX, 0.0, steps=400)
     ours = rmse(dyweight_sample(mixture.denoise, fresh, grid, phi), exact)
@@ -168,5 +168,5 @@ def test_path_loss_is_the_release_loss_written_out(mixture, trained):
     expected = 1000 * torch.nn.functional.huber_loss(states[-1], batch.target, delta=1e-3)
     for n in range(1, 4):
         nearest = int((teacher_sigmas - grid[n]).abs().argmin())
-        expected = expected + (states[n - 1] - batch.path[:, nearest].double()).pow(2).mean()
+        expected = expected + (states[n - 1] - batch.path[:, nearest].double()).pow(2).mean() / (1 + grid[n] ** 2)
     assert float(path_loss(mixture.denoise, batch, phi, False)) == pytest.approx(float(expected), rel=1e-5)

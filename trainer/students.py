@@ -55,15 +55,20 @@ def endpoint_loss(denoise: Callable, batch: PairSet, sigmas: torch.Tensor, phi: 
 
 def path_loss(denoise: Callable, batch: PairSet, phi: Coefficients, checkpointing: bool) -> torch.Tensor:
     """DSS's loss: Σ_i MSE(x_i, teacher's x at the teacher time nearest σ_i) over the student's inner
-    states x_1 … x_{N−1}, plus 1000 · Huber_δ=10⁻³(x_N, teacher's x0)."""
+    states x_1 … x_{N−1}, plus 1000 · Huber_δ=10⁻³(x_N, teacher's x0).
+
+    The release trains rectified-flow models, whose states stay of unit scale; a VE state at σ has the
+    scale √(1 + σ²) (unit-variance data), so each path term compares the states divided by that, which
+    leaves flow states (σ ≤ 1) nearly as they are and keeps the early, large-σ states of a VE model from
+    drowning the endpoint."""
     model = batch.bind(denoise)
     states = []
     endpoint = dyweight_sample(checkpointed(model) if checkpointing else model, batch.noise, phi.sigmas, phi,
                                callback=lambda step: states.append(step["x"]) if step["i"] > 0 else None)
     nearest = (phi.sigmas.detach()[1:-1, None].to(batch.path_sigmas) - batch.path_sigmas[None]).abs().argmin(1)
     loss = DSS_ENDPOINT_WEIGHT * torch.nn.functional.huber_loss(endpoint, batch.target, delta=DSS_HUBER_DELTA)
-    for state, index in zip(states, nearest.tolist()):
-        loss = loss + (state - batch.path[:, index].to(state)).pow(2).mean()
+    for state, index, sigma in zip(states, nearest.tolist(), phi.sigmas[1:-1].unbind()):
+        loss = loss + (state - batch.path[:, index].to(state)).pow(2).mean() / (1 + sigma.detach() ** 2)
     return loss
 
 
