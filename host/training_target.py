@@ -24,10 +24,9 @@ import comfy.k_diffusion.sampling
 import comfy.sample
 import comfy.samplers
 
-from ..coefficients.presets import default_scheduler
 from ..trainer.distill import distill
 from ..trainer.source import ModelSource
-from .model_facts import ModelFacts, comfy_sigmas, facts_from_patcher, latent_channels
+from .model_facts import ModelFacts, comfy_sigmas, facts_from_patcher, latent_channels, model_scheduler
 
 LOG = logging.getLogger("comfyui_dyweight")
 #: The :class:`DistillConfig` settings for a ComfyUI model (the Train node's and the command's defaults):
@@ -49,13 +48,13 @@ class ComfyTarget:
     conditionings: Sequence[tuple]
     cfg: float
     latent_shape: tuple  # (channels, height, width) of one latent
-    scheduler: Optional[str] = None  # default: karras (eps/v) or simple (flow)
+    scheduler: Optional[str] = None  # default: the model's (model_scheduler: karras, simple for flow, …)
 
     def facts(self) -> ModelFacts:
         return facts_from_patcher(self.model)
 
     def schedule_name(self) -> str:
-        return self.scheduler or default_scheduler(self.facts().prediction)
+        return self.scheduler or model_scheduler(self.facts())
 
 
 class SamplerModel:
@@ -276,7 +275,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, bas
     training = {"base_model": base_model or f"{facts.family} {cache_key['model']['weights']}",
                 "base_model_hash": cache_key["model"]["weights"], "patches_hash": cache_key["model"]["patches"],
                 "prompts": list(prompts) if prompts is not None else None,
-                "size": list(target.latent_shape),
+                "size": list(target.latent_shape), "sigma_data": facts.sigma_data,  # read by bind_to_model
                 **{key: value for key, value in (record or {}).items() if value is not None}}
     phi_fields = {"schedule": {"kind": "comfy", "scheduler": scheduler}, "prediction": facts.prediction,
                   "model_family": facts.family, "sigma_min": facts.sigma_min, "sigma_max": facts.sigma_max,

@@ -79,7 +79,9 @@ def coefficients_for(model, steps, coefficients: Coefficients | None, denoise: f
         if coefficients.nfe != nfe:
             LOG.info("DyWeight: connected coefficients have NFE %d; `steps` (%s) is ignored", coefficients.nfe, steps)
     LOG.info("DyWeight: %s, %s, NFE %s: using %s", facts.family, facts.prediction, nfe, what)
-    return facts, bind_to_model(coefficients, facts), what
+    phi = bind_to_model(coefficients, facts)
+    LOG.info("DyWeight: %s runs %s", facts.family, phi.summary().replace("\n", "; "))  # names the schedule
+    return facts, phi, what
 
 
 def dyweight_sampler_object(coefficients: Coefficients | None):

@@ -332,7 +332,7 @@ def _seeded_init_(module, seed: int) -> None:
         for _, mod in module.named_modules():
             is_norm = "norm" in type(mod).__name__.lower()
             for pname, p in mod.named_parameters(recurse=False):
-                if p.ndim == 0:
+                if p.ndim == 0 or p.numel() == 0:
                     continue
                 if is_norm:
                     p.fill_(1.0 if pname in ("weight", "scale") else 0.0)

@@ -1,0 +1,207 @@
+"""Tiny real models of every model family ComfyUI ships for image and video sampling.
+
+Each family is built from ComfyUI's own supported-model config class (``comfy.supported_models``) and
+model class, with the smallest sizes its architecture allows and seeded random weights; conditioning
+has the shapes and extras the model's ``extra_conds`` reads. Used by tests/test_model_matrix.py.
+
+    spec = FAMILIES["flux"]; model = build(spec); positive, negative = conditioning(spec, batch=2)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import comfy_host
+
+CONTEXT = 32  # text-embedding width of every tiny model
+TOKENS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    config: str                      # comfy.supported_models class name
+    unet_config: dict
+    latent: tuple                    # one latent without the batch: (C, H, W) or (C, T, H, W)
+    prediction: str                  # what ModelFacts must say
+    state_dict: dict = dataclasses.field(default_factory=dict)  # checkpoint markers get_model reads
+    model_type: Optional[str] = None  # a comfy.model_base.ModelType name, for configs that don't read markers
+    sampling_settings: dict = dataclasses.field(default_factory=dict)
+    extras: Callable = None          # (generator, batch) -> dict of conditioning extras
+    context: int = CONTEXT
+    sigma_data: float = 1.0
+
+
+def _randn(gen, *shape):
+    import torch
+
+    return torch.randn(*shape, generator=gen)
+
+
+def _token_mask(batch):
+    """An attention mask as the text encoders give it: integer ones for the TOKENS real tokens."""
+    import torch
+
+    return torch.ones(batch, TOKENS, dtype=torch.long)
+
+
+def _pooled(dim, **more):
+    return lambda gen, batch: {"pooled_output": _randn(gen, batch, dim), **more}
+
+
+def _sd_unet(model_channels=32, context_dim=CONTEXT, adm=None, in_channels=4, heads=None, **more):
+    config = {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "adm_in_channels": adm, "in_channels": in_channels, "out_channels": 4, "model_channels": model_channels,
+        "num_res_blocks": [1, 1], "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
+        "channel_mult": [1, 2], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+        "context_dim": context_dim, "use_temporal_resblock": False, "use_temporal_attention": False,
+    }
+    config.update(more)
+    return config
+
+
+SDXL_UNET = _sd_unet(model_channels=64, adm=CONTEXT + 6 * 256, num_classes="sequential", use_linear_in_transformer=True,
+                     transformer_depth=[0, 1], transformer_depth_output=[0, 0, 1, 1])
+SDXL_EXTRAS = _pooled(CONTEXT, width=64, height=64, crop_w=0, crop_h=0, target_width=64, target_height=64)
+FLUX_DIT = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": CONTEXT,
+            "context_in_dim": CONTEXT, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+            "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True}
+
+FAMILIES = {f.name: f for f in [
+    Family("sd15-eps", "SD15", _sd_unet(), (4, 8, 8), "eps", extras=_pooled(CONTEXT)),
+    Family("sd15-v", "SD15", _sd_unet(), (4, 8, 8), "v", model_type="V_PREDICTION", extras=_pooled(CONTEXT)),
+    Family("sd15-zsnr", "SD15", _sd_unet(), (4, 8, 8), "v", model_type="V_PREDICTION",
+           sampling_settings={"zsnr": True}, extras=_pooled(CONTEXT)),
+    Family("sdxl-eps", "SDXL", SDXL_UNET, (4, 8, 8), "eps", extras=SDXL_EXTRAS),
+    Family("sdxl-edm", "SDXL", SDXL_UNET, (4, 8, 8), "v", state_dict={"edm_mean": 1, "edm_std": 1},
+           extras=SDXL_EXTRAS, sigma_data=0.5),
+    Family("sd3", "SD3", {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 1, "input_size": None,
+                          "adm_in_channels": CONTEXT, "pos_embed_scaling_factor": None, "pos_embed_max_size": 16,
+                          "num_patches": 256, "qk_norm": None, "x_block_self_attn_layers": [],
+                          "context_embedder_config": {"target": "torch.nn.Linear",
+                                                      "params": {"in_features": CONTEXT, "out_features": 64}}},
+         (16, 8, 8), "flow", extras=_pooled(CONTEXT)),
+    Family("flux", "Flux", {**FLUX_DIT, "guidance_embed": True}, (16, 8, 8), "flow",
+           extras=_pooled(CONTEXT, guidance=3.5)),
+    Family("flux-schnell", "FluxSchnell", {**FLUX_DIT, "guidance_embed": False}, (16, 8, 8), "flow",
+           extras=_pooled(CONTEXT)),
+    Family("chroma", "Chroma", {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2,
+                                "context_in_dim": CONTEXT, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2,
+                                "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000,
+                                "qkv_bias": True, "in_dim": 64, "out_dim": 64,
+                                "hidden_dim": 32, "n_layers": 1},
+           (16, 8, 8), "flow", extras=_pooled(CONTEXT)),
+    Family("auraflow", "AuraFlow", {"in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2,
+                                    "n_double_layers": 1, "n_heads": 2, "cond_seq_dim": CONTEXT, "max_seq": 64},
+           (4, 8, 8), "flow"),
+    Family("lumina2", "Lumina2", {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64,
+                                  "n_layers": 1, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 1,
+                                  "multiple_of": 16, "qk_norm": True, "cap_feat_dim": CONTEXT,
+                                  "axes_dims": [8, 12, 12], "axes_lens": [300, 64, 64]},
+           (16, 8, 8), "flow", extras=lambda gen, batch: {"attention_mask": _token_mask(batch)}),
+    Family("hidream", "HiDream", {"image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16,
+                                  "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 32,
+                                  "num_attention_heads": 2, "caption_channels": [CONTEXT, CONTEXT],
+                                  "text_emb_dim": CONTEXT, "num_routed_experts": 2, "num_activated_experts": 1,
+                                  "axes_dims_rope": [16, 8, 8], "max_resolution": [16, 16], "llama_layers": [0, 0]},
+           (16, 8, 8), "flow",
+           extras=lambda gen, batch: {"pooled_output": _randn(gen, batch, CONTEXT),
+                                      "conditioning_llama3": _randn(gen, batch, 2, TOKENS, CONTEXT)}),
+    Family("qwen-image", "QwenImage", {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64,
+                                        "out_channels": 16, "num_layers": 1, "attention_head_dim": 32,
+                                        "num_attention_heads": 2, "joint_attention_dim": CONTEXT,
+                                        "axes_dims_rope": [8, 12, 12]},
+           (16, 8, 8), "flow"),
+    Family("wan21", "WAN21_T2V", {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2),
+                                  "text_len": TOKENS, "in_dim": 16, "dim": 64, "ffn_dim": 128, "freq_dim": 32,
+                                  "text_dim": CONTEXT, "out_dim": 16, "num_heads": 2, "num_layers": 1},
+           (16, 2, 8, 8), "flow"),
+    Family("wan22", "WAN22_T2V", {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2),
+                                  "text_len": TOKENS, "in_dim": 48, "dim": 64, "ffn_dim": 128, "freq_dim": 32,
+                                  "text_dim": CONTEXT, "out_dim": 48, "num_heads": 2, "num_layers": 1},
+           (48, 2, 8, 8), "flow"),
+    Family("hunyuan-video", "HunyuanVideo", {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16,
+                                             "vec_in_dim": CONTEXT, "context_in_dim": CONTEXT, "hidden_size": 64,
+                                             "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+                                             "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+                                             "qkv_bias": True, "guidance_embed": True, "byt5": False,
+                                             "meanflow": False},
+           (16, 2, 8, 8), "flow", extras=_pooled(CONTEXT, guidance=6.0)),
+    Family("ltxv", "LTXV", {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64,
+                            "attention_head_dim": 32, "num_attention_heads": 2, "caption_channels": CONTEXT,
+                            "num_layers": 1},
+           (128, 2, 4, 4), "flow", extras=lambda gen, batch: {"attention_mask": _token_mask(batch)}),
+    Family("cosmos-t2v", "CosmosT2V", {"image_model": "cosmos", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+                                       "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1,
+                                       "concat_padding_mask": True, "block_config": "FA-CA-MLP",
+                                       "model_channels": 64, "num_blocks": 1, "num_heads": 2,
+                                       "crossattn_emb_channels": CONTEXT, "pos_emb_cls": "rope3d",
+                                       "block_x_format": "THWBD", "affline_emb_norm": True,
+                                       "use_adaln_lora": True, "adaln_lora_dim": 16,
+                                       "extra_per_block_abs_pos_emb": True,
+                                       "extra_per_block_abs_pos_emb_type": "learnable"},
+           (16, 2, 8, 8), "v", sigma_data=0.5),
+    Family("cosmos-predict2", "CosmosT2IPredict2", {"image_model": "cosmos_predict2", "max_img_h": 240,
+                                                    "max_img_w": 240, "max_frames": 128, "in_channels": 16,
+                                                    "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1,
+                                                    "concat_padding_mask": True, "model_channels": 64,
+                                                    "num_blocks": 1, "num_heads": 2,
+                                                    "crossattn_emb_channels": CONTEXT, "pos_emb_cls": "rope3d",
+                                                    "pos_emb_learnable": True, "use_adaln_lora": True,
+                                                    "adaln_lora_dim": 16, "rope_enable_fps_modulation": False},
+           (16, 1, 8, 8), "flow"),
+    Family("stable-cascade-c", "Stable_Cascade_C", {"stable_cascade_stage": "c", "c_in": 16, "c_out": 16,
+                                                   "c_r": 16, "c_cond": 32, "c_hidden": [32, 32], "nhead": [2, 2],
+                                                   "blocks": [[1, 1], [1, 1]], "c_clip_text": CONTEXT,
+                                                   "c_clip_text_pooled": CONTEXT, "c_clip_img": 768, "c_clip_seq": 1},
+           (16, 4, 4), "eps", extras=lambda gen, batch: {"pooled_output": _randn(gen, batch, 1, CONTEXT)}),
+    Family("svd", "SVD_img2vid", {"use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True,
+                                  "legacy": False, "adm_in_channels": 3 * 256, "num_classes": "sequential", "in_channels": 8, "out_channels": 4,
+                                  "model_channels": 64, "num_res_blocks": [1, 1], "transformer_depth": [1, 1],
+                                  "transformer_depth_output": [1, 1, 1, 1], "channel_mult": [1, 2],
+                                  "transformer_depth_middle": 1, "use_linear_in_transformer": True,
+                                  "context_dim": CONTEXT, "use_temporal_resblock": True,
+                                  "use_temporal_attention": True,
+                                  "extra_ff_mix_layer": True, "use_spatial_context": True,
+                                  "merge_strategy": "learned_with_images", "video_kernel_size": [3, 1, 1]},
+           (4, 8, 8), "v", extras=lambda gen, batch: {"fps": 6, "motion_bucket_id": 127, "augmentation_level": 0}),
+]}
+
+
+def build(family: Family, seed: int = 0):
+    """A real ModelPatcher around ``family``'s ComfyUI model class, tiny and seeded."""
+    import torch
+    import comfy.model_base
+    import comfy.supported_models
+
+    comfy_host.import_host()
+    config = getattr(comfy.supported_models, family.config)(dict(family.unet_config))
+    config.sampling_settings = {**config.sampling_settings, **family.sampling_settings}
+    config.set_inference_dtype(torch.float32, None)
+    if family.model_type is not None:
+        model_type = comfy.model_base.ModelType[family.model_type]
+        config.model_type = lambda state_dict, prefix="": model_type
+    model = config.get_model({key: torch.tensor(value) for key, value in family.state_dict.items()})
+    comfy_host._seeded_init_(model.diffusion_model, seed)
+    model.eval()
+    return comfy_host._patcher(model)
+
+
+def conditioning(family: Family, batch: int = 1, seed: int = 0):
+    """(positive, negative) CONDITIONING with the shapes and extras ``family`` reads."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def one():
+        extras = family.extras(gen, batch) if family.extras is not None else {}
+        return [[_randn(gen, batch, TOKENS, family.context), extras]]
+
+    return one(), one()
+
+
+def empty_latent(family: Family, batch: int = 1) -> dict:
+    import torch
+
+    return {"samples": torch.zeros(batch, *family.latent)}

@@ -1,0 +1,142 @@
+"""Every model family ComfyUI ships for image and video sampling, through every way the pack samples.
+
+Tiny real models (tests/model_matrix.py) on the current host: the stock KSampler with ``dyweight``,
+KSampler (DyWeight) at denoise 1.0 and 0.6 with a batch of 2, and SamplerCustomAdvanced with
+DyWeight Sampler + DyWeight Sigmas. The oracle is ComfyUI's own ``ipndm``: the untrained presets are
+Adams–Bashforth (iPNDM) rows, so each path must give what the stock KSampler gives with ``ipndm`` on
+the same sigmas. The labels (prediction, σ_data) are checked against the hand-written family table.
+"""
+import importlib
+
+import pytest
+import torch
+
+import comfy_host
+import model_matrix
+from comfyui_dyweight.coefficients import adams_bashforth
+
+STEPS = 4
+CFG = 3.0
+SEED = 5
+FAMILIES = sorted(model_matrix.FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def dw(host):
+    comfy_host.require_modern(host, "the model-family matrix (families of a current ComfyUI)")
+    return importlib.import_module("comfyui_dyweight.nodes")
+
+
+@pytest.fixture(scope="module")
+def facts_module(dw):
+    return importlib.import_module("comfyui_dyweight.host.model_facts")
+
+
+@pytest.fixture(scope="module")
+def built(dw):
+    """name -> (Family, ModelPatcher, conditioning): each tiny model is built once per module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            family = model_matrix.FAMILIES[name]
+            cache[name] = (family, model_matrix.build(family), model_matrix.conditioning(family, seed=1))
+        return cache[name]
+
+    return get
+
+
+def stock(model, conditioning, family, sampler, scheduler, denoise=1.0):
+    return comfy_host.sample_with_ksampler(model, *conditioning, model_matrix.empty_latent(family, 2), SEED, STEPS,
+                                           CFG, sampler, scheduler, denoise=denoise)
+
+
+def close(ours, reference, model):
+    """Equal up to float32 rounding, which grows with σ_max (zero-SNR models start at σ ≈ 4500)."""
+    assert ours.shape == reference.shape
+    assert torch.isfinite(ours).all()
+    sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+    tolerance = 1e-4 * reference.abs().max().item() + 4e-6 * sigma_max
+    assert (ours - reference).abs().max().item() <= tolerance, ((ours - reference).abs().max().item(), tolerance)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_labels(built, facts_module, name):
+    family, model, _ = built(name)
+    facts = facts_module.facts_from_patcher(model)
+    print(f"\n{name}: {facts.family} {facts.prediction} σ {facts.sigma_min:.4g}..{facts.sigma_max:.4g} "
+          f"σ_data {facts.sigma_data:g} {facts.noise_form} -> {facts_module.model_scheduler(facts)}")
+    assert (facts.prediction, facts.sigma_data) == (family.prediction, family.sigma_data)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_stock_ksampler_dyweight_is_ipndm(built, name):
+    family, model, conditioning = built(name)
+    ours = stock(model, conditioning, family, "dyweight", "simple")
+    close(ours, stock(model, conditioning, family, "ipndm", "simple"), model)
+    assert ours[0].abs().max() > 0 and not torch.allclose(ours[0], ours[1])
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_ksampler_dyweight_node(dw, built, name, denoise):
+    family, model, (positive, negative) = built(name)
+    result = dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative,
+                                          model_matrix.empty_latent(family, 2), denoise=denoise)
+    ran = result["ui"]["dyweight_phi"][0]["schedule"]
+    assert ran["kind"] == "comfy"
+    close(result["result"][0]["samples"], stock(model, (positive, negative), family, "ipndm", ran["scheduler"],
+                                                denoise=denoise), model)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sampler_custom_advanced_with_dyweight_nodes(dw, built, name):
+    import comfy_extras.nodes_custom_sampler as custom
+
+    family, model, (positive, negative) = built(name)
+    (sampler,) = dw.DyWeightSampler().get_sampler()
+    (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, str(STEPS))
+    (noise,) = custom.RandomNoise().get_noise(SEED)
+    (guider,) = custom.CFGGuider().get_guider(model, positive, negative, CFG)
+    output, _ = custom.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, model_matrix.empty_latent(family, 2))
+    reference = dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative,
+                                             model_matrix.empty_latent(family, 2))
+    close(output["samples"], reference["result"][0]["samples"], model)
+
+
+EXPECTED_SCHEDULER = {"sd15-zsnr": "normal", "stable-cascade-c": "simple"}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_presets_run_on_the_family_schedule(dw, built, name):
+    family, model, (positive, negative) = built(name)
+    expected = EXPECTED_SCHEDULER.get(name, "simple" if family.prediction == "flow" else "karras")
+    result = dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative,
+                                          model_matrix.empty_latent(family, 1))
+    assert result["ui"]["dyweight_phi"][0]["schedule"] == {"kind": "comfy", "scheduler": expected}
+
+
+@pytest.mark.parametrize("name", ["sdxl-edm", "cosmos-t2v", "cosmos-predict2"])
+def test_analytical_first_step_is_refused_where_it_does_not_hold(built, facts_module, name):
+    _, model, _ = built(name)
+    facts = facts_module.facts_from_patcher(model)
+    with pytest.raises(ValueError, match="analytical first step"):
+        facts_module.bind_to_model(adams_bashforth(4, 3, afs=True), facts)
+    assert facts_module.bind_to_model(adams_bashforth(4, 3), facts).prediction == facts.prediction
+
+
+@pytest.mark.parametrize("name", ["sd15-eps", "sd15-v", "flux"])
+def test_analytical_first_step_is_kept_where_it_holds(built, facts_module, name):
+    _, model, _ = built(name)
+    facts = facts_module.facts_from_patcher(model)
+    assert facts_module.bind_to_model(adams_bashforth(4, 3, afs=True), facts).afs
+
+
+def test_a_v_phi_from_sigma_data_one_is_refused_on_an_edm_model(built, facts_module):
+    v_phi = adams_bashforth(4, 3, prediction="v")
+    edm = facts_module.facts_from_patcher(built("sdxl-edm")[1])
+    with pytest.raises(ValueError, match="σ_data = 1, but the model"):
+        facts_module.bind_to_model(v_phi, edm)
+    assert facts_module.bind_to_model(v_phi, facts_module.facts_from_patcher(built("sd15-v")[1])).prediction == "v"
+    edm_phi = adams_bashforth(4, 3, prediction="v", training={"sigma_data": 0.5})
+    assert facts_module.bind_to_model(edm_phi, edm).prediction == "v"
