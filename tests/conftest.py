@@ -17,6 +17,30 @@ if TESTS_DIR not in sys.path:
 
 import comfy_host  # noqa: E402
 
+REPO_ROOT = os.path.dirname(TESTS_DIR)
+
+
+class RootIsAFolder:
+    """Collect the repository root as a plain folder, not as a Python package.
+
+    The root is the custom-node package ComfyUI imports (its ``__init__.py`` uses relative imports);
+    pytest would import that file under the folder's own name to look for ``setup_module``, which
+    fails when the checkout's name is not a Python identifier (``ComfyUI-DyWeight``, as cloned). Rooting
+    pytest at tests/ (tests/pytest.ini) is not enough: a run without paths (``bash tests/run``) still
+    collects the root as a package. A plugin, not a hook here: the root's collector is chosen by
+    conftests *above* it.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if str(path) == REPO_ROOT:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(RootIsAFolder(), "dyweight-root-is-a-folder")
+
 
 @pytest.fixture(scope="session")
 def host():
