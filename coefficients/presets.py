@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .errors import CoefficientFileError
 from .initializers import adams_bashforth
@@ -162,20 +162,24 @@ class PresetRegistry:
         presets = self.presets() if prediction is None else self.candidates(model_family, prediction)
         return sorted({preset.coefficients.nfe for preset in presets if preset.learned})
 
-    def candidates(self, model_family: Optional[str], prediction: Optional[str]) -> list:
-        """Every Φ that may run on this model, most specific first (the lookup order)."""
-        serving = [preset for preset in self.presets() if _serves(preset, model_family, prediction)]
+    def candidates(self, model_family: Optional[str], prediction: Optional[str],
+                   runs: Optional[Callable[[Coefficients], bool]] = None) -> list:
+        """Every Φ that may run on this model, most specific first (the lookup order); ``runs`` is the
+        host's check that a Φ fits the model (its σ range, σ_data, …)."""
+        serving = [preset for preset in self.presets() if _serves(preset, model_family, prediction)
+                   and (runs is None or runs(preset.coefficients))]
         return sorted(serving, key=lambda p: (ORIGINS.index(p.origin), p.coefficients.model_family is None,
                                               p.coefficients.prediction is None))
 
     def find(self, model_family: Optional[str], prediction: Optional[str], nfe: int,
-             steps: Optional[int] = None, fixed_grid: bool = True) -> Preset:
+             steps: Optional[int] = None, fixed_grid: bool = True,
+             runs: Optional[Callable[[Coefficients], bool]] = None) -> Preset:
         """The best Φ for this model and NFE (see the module docstring for the order).
 
         ``steps`` additionally requires N = steps (the stock KSampler path, whose sigmas fix N);
         ``fixed_grid=False`` passes over Φ that only run on their own grid (img2img runs part of one).
         """
-        for preset in self.candidates(model_family, prediction):
+        for preset in self.candidates(model_family, prediction, runs):
             phi = preset.coefficients
             if phi.nfe == nfe and (steps is None or phi.steps == steps) and (
                     fixed_grid or phi.schedule["kind"] not in FIXED_GRIDS):

@@ -135,32 +135,57 @@ def model_scheduler(facts: ModelFacts) -> str:
     return default_scheduler(facts.prediction)
 
 
-def bind_to_model(phi: Coefficients, facts: ModelFacts) -> Coefficients:
-    """Refuse a Φ made for another prediction type, σ_data or sigma range, or whose analytical first step
-    does not hold on the model; warn on another family.
+def binding_problem(phi: Coefficients, facts: ModelFacts) -> str | None:
+    """Why ``phi`` cannot run on this model (another prediction type, σ_data or sigma range, an analytical
+    first step that does not hold, a DDPM-time grid on a model without DDPM timesteps), or None.
 
-    A model-agnostic Φ takes the model's prediction type and, when it carries the generic default
-    schedule, the model's own (:func:`model_scheduler`). A Φ made for a model records that model's
-    σ_data in its training record (absent: σ_data = 1), so a v-prediction Φ from SD 2.x is refused on an
-    EDM model (σ_data = 0.5), whose denoiser weighs x and the network output differently.
+    A Φ made for a model records that model's σ_data in its training record (absent: σ_data = 1), so a
+    v-prediction Φ from SD 2.x is refused on an EDM model (σ_data = 0.5), whose denoiser weighs x and the
+    network output differently.
     """
     if phi.prediction is not None and phi.prediction != facts.prediction:
-        raise ValueError(
-            f"this DyWeight Φ was made for {phi.prediction}-prediction models, but the model ({facts.family}) "
-            f"is {facts.prediction}-prediction; load a Φ for {facts.prediction} models or use the presets")
+        return (f"this DyWeight Φ was made for {phi.prediction}-prediction models, but the model ({facts.family}) "
+                f"is {facts.prediction}-prediction; load a Φ for {facts.prediction} models or use the presets")
     phi_sigma_data = float(phi.training.get("sigma_data", 1.0))
     if phi.prediction is not None and abs(phi_sigma_data - facts.sigma_data) > 1e-6:
-        raise ValueError(
-            f"this DyWeight Φ was made for a model with σ_data = {phi_sigma_data:g}, but the model ({facts.family}) "
-            f"has σ_data = {facts.sigma_data:g}; train a Φ on this model or use the presets")
+        return (f"this DyWeight Φ was made for a model with σ_data = {phi_sigma_data:g}, but the model "
+                f"({facts.family}) has σ_data = {facts.sigma_data:g}; train a Φ on this model or use the presets")
     if phi.sigma_max is not None and abs(phi.sigma_max - facts.sigma_max) > SIGMA_MAX_TOLERANCE * facts.sigma_max:
-        raise ValueError(
-            f"this DyWeight Φ was made for σ_max = {phi.sigma_max:g}, but the model's σ_max is "
-            f"{facts.sigma_max:g} ({facts.family}); it cannot work on this model's noise range")
+        return (f"this DyWeight Φ was made for σ_max = {phi.sigma_max:g}, but the model's σ_max is "
+                f"{facts.sigma_max:g} ({facts.family}); it cannot work on this model's noise range")
     afs_problem = facts.analytical_first_step_problem() if phi.afs else None
     if afs_problem is not None:
-        raise ValueError(f"this DyWeight Φ uses the analytical first step, which is wrong here: {afs_problem}; "
-                         "use a Φ without it (the presets, or train with the analytical first step off)")
+        return (f"this DyWeight Φ uses the analytical first step, which is wrong here: {afs_problem}; "
+                "use a Φ without it (the presets, or train with the analytical first step off)")
+    if phi.schedule["kind"] == "ddpm_time" and not has_ddpm_timesteps(facts.model_sampling):
+        return (f"this DyWeight Φ runs at DDPM timesteps, which {facts.family} does not have "
+                f"({type(facts.model_sampling).__name__}); use a Φ on a ComfyUI schedule")
+    return None
+
+
+def has_ddpm_timesteps(model_sampling) -> bool:
+    """Whether σ(t) is indexed by the T training timesteps (:func:`ddpm_time_sigmas`): ComfyUI's discrete
+    DDPM sampling, not Stable Cascade's continuous cosine schedule that subclasses it."""
+    stable_cascade = getattr(comfy.model_sampling, "StableCascadeSampling", ())
+    return (isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete)
+            and not isinstance(model_sampling, stable_cascade))
+
+
+def runs_on(facts: ModelFacts):
+    """The preset registry's ``runs`` check for this model: Φ that :func:`bind_to_model` accepts."""
+    return lambda phi: binding_problem(phi, facts) is None
+
+
+def bind_to_model(phi: Coefficients, facts: ModelFacts) -> Coefficients:
+    """``phi`` ready for this model: ``ValueError`` with :func:`binding_problem`'s message when it cannot
+    run there; a warning on another family.
+
+    A model-agnostic Φ takes the model's prediction type (and records its σ_data) and, when it carries the
+    generic default schedule, the model's own (:func:`model_scheduler`).
+    """
+    problem = binding_problem(phi, facts)
+    if problem is not None:
+        raise ValueError(problem)
     if phi.model_family is not None and phi.model_family != facts.family:
         LOG.warning("DyWeight: this Φ was trained for %s, the model is %s; results may be worse than its presets",
                     phi.model_family, facts.family)

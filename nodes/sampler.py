@@ -16,7 +16,7 @@ import comfy.k_diffusion.sampling
 import comfy.samplers
 
 from ..coefficients import Coefficients, adams_bashforth, dyweight_sample
-from ..host.model_facts import bind_to_model, facts_from_sampler_model
+from ..host.model_facts import bind_to_model, facts_from_sampler_model, runs_on
 from .constants import LOG, SAMPLER_NAME
 from .folders import preset_registry
 from .schedule import phi_sigmas
@@ -34,7 +34,7 @@ def coefficients_for_sigmas(facts, sigmas: torch.Tensor) -> tuple:
     steps = len(sigmas) - 1
     registry = preset_registry()
     if _whole_schedule(sigmas, facts):
-        preset = registry.find(facts.family, facts.prediction, nfe=steps, steps=steps)
+        preset = registry.find(facts.family, facts.prediction, nfe=steps, steps=steps, runs=runs_on(facts))
         sigmas_used = sigmas
         if preset.learned:
             sigmas_used = phi_sigmas(bind_to_model(preset.coefficients, facts), facts).to(sigmas)
@@ -43,7 +43,7 @@ def coefficients_for_sigmas(facts, sigmas: torch.Tensor) -> tuple:
                          preset.describe(), steps)
         LOG.info("DyWeight: %s, %s, %d steps: using %s", facts.family, facts.prediction, steps, preset.describe())
         return preset.coefficients, sigmas_used
-    for candidate in registry.candidates(facts.family, facts.prediction):
+    for candidate in registry.candidates(facts.family, facts.prediction, runs_on(facts)):
         if candidate.learned and candidate.coefficients.steps > steps:
             own = phi_sigmas(bind_to_model(candidate.coefficients, facts), facts).to(sigmas)
             start = _slice_start(own, sigmas)

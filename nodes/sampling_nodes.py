@@ -8,7 +8,7 @@ import comfy.utils
 import latent_preview
 
 from ..coefficients import Coefficients
-from ..host.model_facts import bind_to_model, facts_from_patcher
+from ..host.model_facts import bind_to_model, facts_from_patcher, runs_on
 from .constants import CATEGORY, COEFFICIENTS, LOG, PHI_OUTPUT
 from .folders import preset_registry
 from .phi_json import phi_to_json
@@ -71,7 +71,8 @@ def coefficients_for(model, steps, coefficients: Coefficients | None, denoise: f
     facts = facts_from_patcher(model)
     nfe = nfe_of(steps)
     if coefficients is None:
-        preset = preset_registry().find(facts.family, facts.prediction, nfe, fixed_grid=denoise >= FULL_DENOISE)
+        preset = preset_registry().find(facts.family, facts.prediction, nfe, fixed_grid=denoise >= FULL_DENOISE,
+                                        runs=runs_on(facts))
         what = preset.describe()
         coefficients = preset.coefficients
     else:

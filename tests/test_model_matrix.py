@@ -2,9 +2,10 @@
 
 Tiny real models (tests/model_matrix.py) on the current host: the stock KSampler with ``dyweight``,
 KSampler (DyWeight) at denoise 1.0 and 0.6 with a batch of 2, and SamplerCustomAdvanced with
-DyWeight Sampler + DyWeight Sigmas. The oracle is ComfyUI's own ``ipndm``: the untrained presets are
-Adams–Bashforth (iPNDM) rows, so each path must give what the stock KSampler gives with ``ipndm`` on
-the same sigmas. The labels (prediction, σ_data) are checked against the hand-written family table.
+DyWeight Sampler + DyWeight Sigmas. The oracle is ComfyUI's own ``ipndm``: Adams–Bashforth (iPNDM) rows
+must give what the stock KSampler gives with ``ipndm`` on the same sigmas. Where a learned preset exists
+(the shipped DSS tables, NFE 5–10) the node and SamplerCustomAdvanced must pick and run the same one. The
+labels (prediction, σ_data) are checked against the hand-written family table.
 """
 import importlib
 
@@ -13,9 +14,10 @@ import torch
 
 import comfy_host
 import model_matrix
-from comfyui_dyweight.coefficients import adams_bashforth
+from comfyui_dyweight.coefficients import adams_bashforth, adams_bashforth_preset
 
-STEPS = 5  # rows use 1, 2, 3, 4 gradients, then the final Euler step to σ = 0
+STEPS = 5  # Adams–Bashforth rows use 1, 2, 3, 4 gradients, then the final Euler step to σ = 0
+PRESET_STEPS = 4  # no learned preset is shipped below NFE 5: the stock KSampler's `dyweight` runs Adams–Bashforth
 CFG = 3.0
 SEED = 5
 FAMILIES = sorted(model_matrix.FAMILIES)
@@ -46,9 +48,13 @@ def built(dw):
     return get
 
 
-def stock(model, conditioning, family, sampler, scheduler, denoise=1.0):
-    return comfy_host.sample_with_ksampler(model, *conditioning, model_matrix.empty_latent(family, 2), SEED, STEPS,
+def stock(model, conditioning, family, sampler, scheduler, denoise=1.0, steps=STEPS):
+    return comfy_host.sample_with_ksampler(model, *conditioning, model_matrix.empty_latent(family, 2), SEED, steps,
                                            CFG, sampler, scheduler, denoise=denoise)
+
+
+def adams_bashforth_for(family, steps=STEPS):
+    return adams_bashforth_preset(steps, family.prediction)
 
 
 def close(ours, reference, model):
@@ -72,17 +78,18 @@ def test_labels(built, facts_module, name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_stock_ksampler_dyweight_is_ipndm(built, name):
     family, model, conditioning = built(name)
-    ours = stock(model, conditioning, family, "dyweight", "simple")
-    close(ours, stock(model, conditioning, family, "ipndm", "simple"), model)
+    ours = stock(model, conditioning, family, "dyweight", "simple", steps=PRESET_STEPS)
+    close(ours, stock(model, conditioning, family, "ipndm", "simple", steps=PRESET_STEPS), model)
     assert ours[0].abs().max() > 0 and not torch.allclose(ours[0], ours[1])
 
 
 @pytest.mark.parametrize("denoise", [1.0, 0.6])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_ksampler_dyweight_node(dw, built, name, denoise):
+def test_ksampler_dyweight_node_with_adams_bashforth_is_ipndm(dw, built, name, denoise):
     family, model, (positive, negative) = built(name)
     result = dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative,
-                                          model_matrix.empty_latent(family, 2), denoise=denoise)
+                                          model_matrix.empty_latent(family, 2), denoise=denoise,
+                                          coefficients=adams_bashforth_for(family))
     ran = result["ui"]["dyweight_phi"][0]["schedule"]
     assert ran["kind"] == "comfy"
     close(result["result"][0]["samples"], stock(model, (positive, negative), family, "ipndm", ran["scheduler"],
@@ -90,17 +97,33 @@ def test_ksampler_dyweight_node(dw, built, name, denoise):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_sampler_custom_advanced_with_dyweight_nodes(dw, built, facts_module, name):
-    import comfy_extras.nodes_custom_sampler as custom
-
+def test_sampler_custom_advanced_with_dyweight_nodes_is_ipndm(dw, built, facts_module, name):
     family, model, (positive, negative) = built(name)
     scheduler = facts_module.model_scheduler(facts_module.facts_from_patcher(model))
-    (sampler,) = dw.DyWeightSampler().get_sampler()
-    (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, str(STEPS))
+    output = sampler_custom_advanced(dw, model, family, positive, negative, adams_bashforth_for(family))
+    close(output, stock(model, (positive, negative), family, "ipndm", scheduler), model)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_preset_runs_the_same_in_ksampler_dyweight_and_sampler_custom_advanced(dw, built, name):
+    """No Φ connected: both paths pick the preset for (family, prediction, NFE 5), learned where one fits."""
+    family, model, (positive, negative) = built(name)
+    result = dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative,
+                                          model_matrix.empty_latent(family, 2))
+    ours = result["result"][0]["samples"]
+    assert torch.isfinite(ours).all() and not torch.allclose(ours[0], ours[1])
+    close(sampler_custom_advanced(dw, model, family, positive, negative, None), ours, model)
+
+
+def sampler_custom_advanced(dw, model, family, positive, negative, coefficients):
+    import comfy_extras.nodes_custom_sampler as custom
+
+    (sampler,) = dw.DyWeightSampler().get_sampler(coefficients=coefficients)
+    (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, str(STEPS), coefficients=coefficients)
     (noise,) = custom.RandomNoise().get_noise(SEED)
     (guider,) = custom.CFGGuider().get_guider(model, positive, negative, CFG)
     output, _ = custom.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, model_matrix.empty_latent(family, 2))
-    close(output["samples"], stock(model, (positive, negative), family, "ipndm", scheduler), model)
+    return output["samples"]
 
 
 EXPECTED_SCHEDULER = {"sd15-zsnr": "normal", "stable-cascade-c": "simple"}
@@ -110,7 +133,7 @@ EXPECTED_SCHEDULER = {"sd15-zsnr": "normal", "stable-cascade-c": "simple"}
 def test_presets_run_on_the_family_schedule(dw, built, name):
     family, model, (positive, negative) = built(name)
     expected = EXPECTED_SCHEDULER.get(name, "simple" if family.prediction == "flow" else "karras")
-    result = dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative,
+    result = dw.KSamplerDyWeight().sample(model, SEED, str(PRESET_STEPS), CFG, positive, negative,
                                           model_matrix.empty_latent(family, 1))
     assert result["ui"]["dyweight_phi"][0]["schedule"] == {"kind": "comfy", "scheduler": expected}
 
