@@ -44,7 +44,7 @@ def coefficients_for_sigmas(facts, sigmas: torch.Tensor) -> tuple:
         LOG.info("DyWeight: %s, %s, %d steps: using %s", facts.family, facts.prediction, steps, preset.describe())
         return preset.coefficients, sigmas_used
     for candidate in registry.candidates(facts.family, facts.prediction, runs_on(facts)):
-        if candidate.learned and candidate.coefficients.steps > steps:
+        if candidate.learned and candidate.coefficients.steps >= steps:  # its whole grid holds itself too
             own = phi_sigmas(bind_to_model(candidate.coefficients, facts), facts).to(sigmas)
             start = _slice_start(own, sigmas)
             if start is not None:
