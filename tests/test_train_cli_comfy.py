@@ -110,7 +110,7 @@ def test_train_resumes_after_ctrl_c_refuses_to_overwrite_and_reuses_the_teacher_
     document = json.loads((out / f"{stem}-validation.json").read_text())
     (row,) = document["table"]
     assert row["nfe"] == 3 and row["iterations"] == 10 and list(row["baselines"]) == host_baselines(workspace.host)
-    assert [entry[0] for entry in document["history"]["3"]["train"]] == list(range(1, 11))
+    assert [entry[0] for entry in document["history"]["3"]["dyweight"]["train"]] == list(range(1, 11))
     assert "| 3 |" in (out / f"{stem}-validation.md").read_text()
     assert not list(out.rglob("*.partial"))
     (cached,) = workspace.cache.glob("*.safetensors")
