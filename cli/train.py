@@ -75,6 +75,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                           help="pairs per model call without gradients: the teacher, the held-out checks and the "
                                "baselines (default: 4 for a ComfyUI model, else --batch-size)")
     training.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULTS.lr:g})")
+    training.add_argument("--dss-lr", type=float, help="peak learning rate of the DSS family (default 3 × --lr)")
     training.add_argument("--order", type=int, help=f"gradient history K (default {DEFAULTS.order})")
     training.add_argument("--afs", action="store_true", default=None,
                           help="analytical first step (one model call fewer)")
@@ -150,7 +151,7 @@ def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path
 
 
 #: The command's options that are :class:`DistillConfig` settings (same names).
-SETTINGS = ("nfe", "solver", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr", "order",
+SETTINGS = ("nfe", "solver", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr", "dss_lr", "order",
             "afs", "variable_step_init", "teacher", "teacher_steps", "validation_fraction", "seed")
 
 

@@ -34,13 +34,13 @@ WARMUP_FRACTION = 0.05
 MAX_GRAD_NORM = 1.0
 
 
-def learning_rate(iteration: int, config: DistillConfig) -> float:
+def learning_rate(iteration: int, config: DistillConfig, peak: float) -> float:
     """Linear warm-up over the first ``WARMUP_FRACTION`` of the iterations, then cosine decay to 0."""
     warmup = max(1, round(WARMUP_FRACTION * config.iterations))
     if iteration < warmup:
-        return config.lr * (iteration + 1) / warmup
+        return peak * (iteration + 1) / warmup
     progress = (iteration - warmup) / max(1, config.iterations - warmup)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def batch_indices(config: DistillConfig, nfe: int, iteration: int, count: int) -> torch.Tensor:
@@ -86,7 +86,8 @@ def train(run: NfeRun, student, denoise: Callable, train_pairs: PairSet, validat
     interruption saves). A non-finite loss or gradient, or a Φ the update rule refuses, stops this NFE
     (``status = "stopped"``) and keeps the best Φ so far.
     """
-    optimizer = torch.optim.Adam(student.parameters, lr=config.lr)
+    peak = config.peak_lr(student.family)
+    optimizer = torch.optim.Adam(student.parameters, lr=peak)
     if run.adam:
         optimizer.load_state_dict({"state": _unflatten(run.adam), "param_groups": optimizer.state_dict()["param_groups"]})
     reporter.begin(f"{run.family} NFE {run.nfe}", run.iteration, config.iterations)
@@ -95,7 +96,7 @@ def train(run: NfeRun, student, denoise: Callable, train_pairs: PairSet, validat
         iteration = run.iteration
         batch = train_pairs.subset(batch_indices(config, run.nfe, iteration, len(train_pairs)))
         try:
-            loss = _step(student, optimizer, learning_rate(iteration, config), denoise, batch, config)
+            loss = _step(student, optimizer, learning_rate(iteration, config, peak), denoise, batch, config)
         except Diverged as error:
             _stop(run, iteration + 1, str(error))
             break
