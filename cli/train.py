@@ -151,7 +151,8 @@ def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path
 
 
 #: The command's options that are :class:`DistillConfig` settings (same names).
-SETTINGS = ("nfe", "solver", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr", "dss_lr", "order",
+SETTINGS = ("nfe", "solver", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr",
+            "dss_lr", "order",
             "afs", "variable_step_init", "teacher", "teacher_steps", "validation_fraction", "seed")
 
 

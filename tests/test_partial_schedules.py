@@ -33,16 +33,17 @@ def dyweight_folder(dw, tmp_path, monkeypatch):
     return tmp_path
 
 
-def two_stages(model, sampler: str, conditioning, latent):
-    """KSamplerAdvanced twice, as a two-stage workflow: steps 0–3 with leftover noise, then 3–6."""
+def two_stages(model, sampler: str, conditioning, latent, second_model=None, scheduler="karras"):
+    """KSamplerAdvanced twice, as a two-stage workflow: steps 0–3 with leftover noise, then 3–6 (with
+    ``second_model`` when given: Wan 2.2's high-noise then low-noise expert, an SDXL refiner)."""
     import nodes
 
     positive, negative = conditioning
     advanced = nodes.KSamplerAdvanced()
-    (first,) = advanced.sample(model, "enable", 5, STEPS, CFG, sampler, "karras", positive, negative, latent,
+    (first,) = advanced.sample(model, "enable", 5, STEPS, CFG, sampler, scheduler, positive, negative, latent,
                                0, SPLIT, "enable")
-    (second,) = advanced.sample(model, "disable", 5, STEPS, CFG, sampler, "karras", positive, negative, first,
-                                SPLIT, 10000, "disable")
+    (second,) = advanced.sample(second_model or model, "disable", 5, STEPS, CFG, sampler, scheduler, positive,
+                                negative, first, SPLIT, 10000, "disable")
     return first["samples"], second["samples"]
 
 
@@ -102,3 +103,21 @@ def test_a_slice_of_a_learned_phis_grid_runs_its_rows(dw, tiny_sd15, dyweight_fo
                                               comfy.samplers.KSAMPLER(sampler_function), sigmas, positive,
                                               negative, first, disable_pbar=True, seed=5)
     assert torch.allclose(second, expected, atol=1e-4, rtol=1e-4), (second - expected).abs().max()
+
+
+def test_wan22_two_experts_each_run_adams_bashforth_on_their_slice(dw, host, dyweight_folder, caplog):
+    """Wan 2.2's graph: the high-noise expert samples steps 0–3, the low-noise expert 3–6 (tiny models)."""
+    comfy_host.require_modern(host, "Wan 2.2 (a current ComfyUI)")
+    import model_matrix
+
+    family = model_matrix.FAMILIES["wan22"]
+    high, low = model_matrix.build(family, seed=1), model_matrix.build(family, seed=2)
+    conditioning = model_matrix.conditioning(family, seed=3)
+    latent = model_matrix.empty_latent(family)
+    with caplog.at_level(logging.INFO, logger="comfyui_dyweight"):
+        ours = two_stages(high, "dyweight", conditioning, latent, second_model=low, scheduler="simple")
+    stock = two_stages(high, "ipndm", conditioning, latent, second_model=low, scheduler="simple")
+    for mine, reference in zip(ours, stock):
+        assert torch.allclose(mine, reference, atol=1e-4, rtol=1e-4), (mine - reference).abs().max()
+    assert not torch.allclose(ours[1], ours[0], atol=1e-3)  # the second expert did sample
+    assert caplog.text.count("steps: Adams–Bashforth (a slice of a schedule no learned Φ was made for)") == 2
