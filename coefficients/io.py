@@ -25,6 +25,10 @@ TENSOR_NAMES = ("weights", "time_scale", "sigmas")
 _REQUIRED_FIELDS = ("format", "nfe", "order", "afs", "divisor", "schedule", "prediction", "model_family",
                     "sigma_min", "sigma_max", "cfg", "training")
 _PICKLE_OR_TORCH_SAVE = (b"\x80", b"PK\x03\x04")
+#: Tensor types a Φ may be stored in (float8 has no finiteness check in torch; integers are no weights).
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: The metadata document is a few levels deep (training → validation → figures); far deeper is an attack.
+MAX_METADATA_DEPTH = 32
 
 
 def save_coefficients(phi: Coefficients, path, dtype=torch.float32) -> None:
@@ -74,34 +78,71 @@ def _read_header(path: Path, raw: bytes) -> dict:
         if raw[8:9] == b"{" or header_size < (1 << 24):
             raise CoefficientFileError(path, "truncated", "the file ends inside its header (truncated download?)")
         raise CoefficientFileError(path, "not_safetensors", "this is not a safetensors file")
-    try:
-        header = json.loads(raw[8:8 + header_size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CoefficientFileError(path, "not_safetensors", "this is not a safetensors file (bad header)") from None
+    header = _parse_json(path, raw[8:8 + header_size])
     if not isinstance(header, dict):
         raise CoefficientFileError(path, "not_safetensors", "this is not a safetensors file (bad header)")
     data_size = len(raw) - 8 - header_size
-    ends = [entry["data_offsets"][1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    ends = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(value) for value in offsets)
+                and offsets[0] <= offsets[1]):
+            raise CoefficientFileError(
+                path, "not_safetensors", f"this is not a safetensors file (bad header entry for tensor {name[:80]!r})")
+        ends.append(offsets[1])
     if ends and max(ends) > data_size:
         raise CoefficientFileError(
             path, "truncated", f"the tensor data stops at byte {data_size} of {max(ends)} (truncated download?)")
     return header
 
 
+def _parse_json(path: Path, text) -> object:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, over-long integers, deep nesting
+        raise CoefficientFileError(path, "not_safetensors", "this is not a safetensors file (bad header)") from None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _nesting_depth(document) -> int:
+    """How many containers deep ``document`` goes (iteratively: no recursion for hostile input)."""
+    deepest, pending = 0, [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_METADATA_DEPTH:
+                pending.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
 def _read_document(path: Path, header: dict) -> dict:
     metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CoefficientFileError(
+            path, "not_safetensors", "this is not a safetensors file (its __metadata__ is not a string map)")
     if METADATA_KEY not in metadata:
         raise CoefficientFileError(
             path, "metadata_missing",
             f"it has no '{METADATA_KEY}' metadata, so it is not a DyWeight coefficient file (a model checkpoint "
             "in the wrong folder?)")
+    if not isinstance(metadata[METADATA_KEY], str):
+        raise CoefficientFileError(path, "metadata_malformed", f"its '{METADATA_KEY}' metadata is not a string")
     try:
         document = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as error:
-        raise CoefficientFileError(path, "metadata_malformed", f"its metadata is not valid JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, over-long integers, deep nesting
+        problem = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise CoefficientFileError(path, "metadata_malformed", f"its metadata is not valid JSON ({problem})") from None
     if not isinstance(document, dict):
         raise CoefficientFileError(path, "metadata_malformed", "its metadata must be a JSON object")
+    if _nesting_depth(document) > MAX_METADATA_DEPTH:
+        raise CoefficientFileError(
+            path, "metadata_malformed", f"its metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
     if document.get("format") != FORMAT:
         raise CoefficientFileError(
             path, "format_version",
@@ -121,8 +162,9 @@ def _build(path: Path, tensors: dict, document: dict) -> Coefficients:
             path, "shape", f"expected tensors weights, time_scale[, sigmas]; missing {absent}, unexpected {unknown}")
     weights, time_scale = tensors["weights"], tensors["time_scale"]
     for name, tensor in tensors.items():
-        if not tensor.is_floating_point():
-            raise CoefficientFileError(path, "shape", f"tensor '{name}' must be floating point, is {tensor.dtype}")
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise CoefficientFileError(
+                path, "shape", f"tensor '{name}' must be float32 (or float16, bfloat16, float64), is {tensor.dtype}")
         if not torch.isfinite(tensor).all():
             raise CoefficientFileError(path, "non_finite", f"tensor '{name}' holds NaN or Inf")
     if weights.ndim != 2 or time_scale.shape != (weights.shape[0],) or (

@@ -43,7 +43,7 @@ def validate_schedule(schedule: Any) -> dict:
         raise CoefficientError("a 'comfy' schedule needs the ComfyUI scheduler name in 'scheduler'")
     if kind == "edm" and not _positive_number(schedule.get("rho")):
         raise CoefficientError("an 'edm' schedule needs a positive 'rho'")
-    if kind == "flux" and not isinstance(schedule.get("mu"), (int, float)):
+    if kind == "flux" and not _finite_number(schedule.get("mu")):
         raise CoefficientError("a 'flux' schedule needs the resolution shift 'mu'")
     if kind == "ddpm_time":
         times = schedule.get("t")
@@ -55,8 +55,12 @@ def validate_schedule(schedule: Any) -> dict:
     return dict(schedule)
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return _finite_number(value) and value > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +141,8 @@ class Coefficients:
             raise CoefficientError(f"divisor must be one of {DIVISORS}, got {self.divisor!r}")
         if self.prediction is not None and self.prediction not in PREDICTIONS:
             raise CoefficientError(f"prediction must be one of {PREDICTIONS} or None, got {self.prediction!r}")
+        if self.model_family is not None and not isinstance(self.model_family, str):
+            raise CoefficientError(f"model_family must be a model config name or None, got {self.model_family!r}")
         validate_schedule(self.schedule)
         if self.sigmas is not None:
             self._validate_sigmas()
@@ -264,7 +270,7 @@ class Coefficients:
                      if record.get(k) is not None]
             lines.append(("searched: " if self.solver == "dss" else "trained: ") + ", ".join(facts))
             validation = record.get("validation")
-            if isinstance(validation, dict) and validation.get("rmse") is not None:
+            if isinstance(validation, dict) and _finite_number(validation.get("rmse")):
                 lines.append(f"held-out RMSE to teacher {validation['rmse']:.4g}")
         return "\n".join(lines)
 

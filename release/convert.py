@@ -192,7 +192,11 @@ def _compact(full: torch.Tensor, window: int, source) -> torch.Tensor:
 
 def _tensor(value, source, what: str, ndim: int) -> torch.Tensor:
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
+        try:
+            value = torch.from_numpy(value)
+        except (TypeError, ValueError):  # dtypes torch has no tensor type for (long double, strings, records)
+            raise ReleaseImportError(source, f"'{what}' is a numpy array of type {value.dtype}, not a float array")\
+                from None
     if not isinstance(value, torch.Tensor) or value.ndim != ndim or not value.is_floating_point():
         raise ReleaseImportError(source, f"'{what}' must be a {ndim}-D floating-point tensor, found "
                                          f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}")
@@ -211,6 +215,55 @@ def _scalar(value, default=None):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return default
     return value
+
+
+def _finite(value) -> Optional[float]:
+    """A finite float from a Python/numpy number or a one-element tensor; ``None`` for anything else."""
+    number = _scalar(value)
+    try:
+        number = None if number is None else float(number)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _positive(value, default: float, source, what: str) -> float:
+    """A field that must be a positive finite number when present (``default`` when absent)."""
+    if value is None:
+        return default
+    number = _finite(value)
+    if number is None or number <= 0:
+        raise ReleaseImportError(source, f"'{what}' must be a positive number, found {_describe(value)}")
+    return number
+
+
+def _count(value, default: int, minimum: int, source, what: str) -> int:
+    """A whole-number field ≥ ``minimum`` (``default`` when absent)."""
+    if value is None:
+        return default
+    number = _finite(value)
+    if number is None or number != int(number) or number < minimum:
+        raise ReleaseImportError(source, f"'{what}' must be a whole number ≥ {minimum}, found {_describe(value)}")
+    return int(number)
+
+
+def _flag(value, source, what: str) -> bool:
+    """A true/false field: a bool, a number or a one-element tensor/array (as the release pickles them)."""
+    if value is None:
+        return False
+    if isinstance(value, (torch.Tensor, np.ndarray)) and math.prod(value.shape) == 1:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    number = _finite(value)
+    if number is None:
+        raise ReleaseImportError(source, f"'{what}' must be true or false, found {_describe(value)}")
+    return bool(number)
+
+
+def _describe(value) -> str:
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__}{tuple(shape)}" if shape is not None else repr(value)[:60]
 
 
 def _string(value) -> Optional[str]:
@@ -275,8 +328,7 @@ def _convert_snapshot(data, path: Path, sha256: str) -> Coefficients:
     num_steps = _scalar(predictor.get("num_steps"), steps + 1)
     if num_steps != steps + 1:
         raise ReleaseImportError(path, f"num_steps = {num_steps} does not fit a {steps}x{steps} weight matrix")
-    history = _scalar(predictor.get("max_history_steps"))
-    window = steps if history is None else int(history)
+    window = _count(predictor.get("max_history_steps"), steps, 1, path, "max_history_steps")
     if buffers.get("mask") is not None:
         mask = _tensor(buffers["mask"], path, "mask", 2)
         if mask.shape != hybrid.shape:
@@ -286,7 +338,7 @@ def _convert_snapshot(data, path: Path, sha256: str) -> Coefficients:
         mask = ((offsets >= 0) & (offsets < window)).to(F64)
     weights = _compact(hybrid * mask, window, path)  # the release samples with the masked weights
 
-    afs = bool(predictor.get("afs", loss.get("afs", False)))
+    afs = _flag(predictor.get("afs", loss.get("afs", False)), path, "afs")
     scale = parameters.get("t_scale", predictor.get("t_scale"))
     expected = steps - int(afs)
     if scale is None:
@@ -301,12 +353,12 @@ def _convert_snapshot(data, path: Path, sha256: str) -> Coefficients:
     dataset = _string(loss.get("dataset_name")) or _string(predictor.get("dataset_name"))
     model = RELEASE_MODELS.get(dataset, ReleaseModel(None, dataset or "unknown model"))
     schedule_type = _string(loss.get("schedule_type")) or "polynomial"
-    rho = float(_scalar(loss.get("schedule_rho"), 7.0))
+    rho = _positive(loss.get("schedule_rho"), 7.0, path, "schedule_rho")
     stored_min, stored_max = _scalar(loss.get("sigma_min")), _scalar(loss.get("sigma_max"))
     sigmas = _release_sigmas(loss, path, steps + 1, schedule_type, rho, stored_min, stored_max, model)
 
     guidance_type = _string(predictor.get("guidance_type"))
-    guidance_rate = _scalar(predictor.get("guidance_rate"))
+    guidance_rate = _finite(predictor.get("guidance_rate"))
     training = {
         **_provenance(path, sha256),
         "teacher": _teacher_name(loss),
@@ -315,7 +367,7 @@ def _convert_snapshot(data, path: Path, sha256: str) -> Coefficients:
         "loss": _string(loss.get("loss_type")),
         "base_model": model.base_model,
         "release_num_steps": int(num_steps),
-        "release_history": int(window),
+        "release_history": window,
         "release_schedule": {"type": schedule_type, "rho": rho, "sigma_min": stored_min, "sigma_max": stored_max,
                              "t_steps_stored": isinstance(loss.get("t_steps"), torch.Tensor)},
         "guidance_type": guidance_type,
@@ -344,11 +396,11 @@ def _release_sigmas(loss: dict, path: Path, points: int, schedule_type: str, rho
         if model.vp is not None:
             sigma_min, sigma_max = model.vp.sigma_range  # sample.py uses the model's own σ range
         else:
-            sigma_min = float(stored_min) if stored_min is not None else 0.002
-            sigma_max = float(stored_max) if stored_max is not None else 80.0
+            sigma_min = _positive(stored_min, 0.002, path, "sigma_min")
+            sigma_max = _positive(stored_max, 80.0, path, "sigma_max")
         try:
             sigmas = release_schedule(points, schedule_type, rho, sigma_min, sigma_max, model.vp)
-        except ValueError as error:
+        except (ValueError, ArithmeticError) as error:
             raise ReleaseImportError(path, f"cannot rebuild its time grid ({error}) and the file stores none") from None
     if not torch.isfinite(sigmas).all() or (sigmas <= 0).any() or not (sigmas[1:] < sigmas[:-1]).all():
         raise ReleaseImportError(path, f"its time grid is not positive and strictly decreasing: {sigmas.tolist()}")
@@ -360,7 +412,7 @@ def _release_sigmas(loss: dict, path: Path, points: int, schedule_type: str, rho
 def _convert_flux(data: dict, path: Path, sha256: str, mu: float) -> Coefficients:
     params = data.get("dyweight_params") if isinstance(data.get("dyweight_params"), dict) else {}
     meta = data.get("dyweight_meta") if isinstance(data.get("dyweight_meta"), dict) else {}
-    window = _scalar(data.get("window_size"), 0)
+    stored_window = _count(data.get("window_size"), 0, 0, path, "window_size")
     if data.get("dyweight_weights_raw") is not None:
         raw = _tensor(data["dyweight_weights_raw"], path, "dyweight_weights_raw", 2)
     elif params.get("theta") is not None:
@@ -375,17 +427,18 @@ def _convert_flux(data: dict, path: Path, sha256: str, mu: float) -> Coefficient
     if data.get("dyweight_t_scales") is not None:
         scales = _tensor(data["dyweight_t_scales"], path, "dyweight_t_scales", 1)
     elif params.get("phi") is not None:
-        low, high = float(_scalar(meta.get("tscale_low"), 0.5)), float(_scalar(meta.get("tscale_high"), 1.5))
+        low, high = _finite(meta.get("tscale_low")), _finite(meta.get("tscale_high"))
+        low, high = 0.5 if low is None else low, 1.5 if high is None else high
         scales = low + (high - low) * torch.sigmoid(_tensor(params["phi"], path, "dyweight_params.phi", 1))
     else:
         scales = torch.ones(steps, dtype=F64)
     if scales.numel() != steps:
         raise ReleaseImportError(path, f"dyweight_t_scales has {scales.numel()} entries, the weights {steps} rows")
-    window = int(window) if window and window > 0 else steps  # window_size 0: the full history
+    window = stored_window if stored_window > 0 else steps  # window_size 0: the full history
     weights = _compact(raw, window, path)
     sigmas = flux_sigmas(steps, mu)
     training = {**_provenance(path, sha256), **FLUX_TRAINING, "base_model": "FLUX.1-dev",
-                "release_window_size": int(_scalar(data.get("window_size"), 0)), "mu": mu,
+                "release_window_size": stored_window, "mu": mu,
                 "tscale_range": [_scalar(meta.get("tscale_low")), _scalar(meta.get("tscale_high"))]}
     try:
         return Coefficients(
