@@ -237,6 +237,59 @@ def test_a_corrupt_file_is_422_with_the_loaders_message(dw, user_folder):
     assert status == 422 and body["reason"] == "truncated"  # the cache noticed the new contents
 
 
+def hostile_files() -> dict:
+    """Files a user (or a download) may drop into models/dyweight/: each must be a 4xx, never a 500."""
+    from test_fuzz_parsers import join, nested, split, valid_file
+
+    def with_header(change):
+        header, payload = split(valid_file())
+        change(header)
+        return join(header, payload)
+
+    def with_document(change):
+        def edit(header):
+            document = json.loads(header["__metadata__"]["dyweight"])
+            change(document)
+            header["__metadata__"]["dyweight"] = json.dumps(document)
+        return with_header(edit)
+
+    header, payload = split(valid_file())
+    return {
+        "deep-metadata.safetensors": with_header(lambda h: h["__metadata__"].update(dyweight=nested(100_000))),
+        "deep-training.safetensors": with_document(lambda d: d.update(training=json.loads(nested(600)))),
+        "huge-number.safetensors": with_header(lambda h: h["__metadata__"].update(dyweight="[" + "9" * 5000 + "]")),
+        "huge-header-length.safetensors": join(header, payload, prefix=2 ** 64 - 1),
+        "not-utf8.safetensors": join(b'{"weights": "\xff\xfe"}', payload),
+        "int64.safetensors": with_header(lambda h: h["weights"].update(dtype="I64")),
+        "float8.safetensors": with_header(lambda h: h["time_scale"].update(dtype="F8_E4M3")),
+        "zero-size.safetensors": with_header(lambda h: h["weights"].update(shape=[0, 3])),
+        "negative-offsets.safetensors": with_header(lambda h: h["weights"].update(data_offsets=[-8, 64])),
+        "overlapping-offsets.safetensors": with_header(
+            lambda h: h["sigmas"].update(data_offsets=list(h["weights"]["data_offsets"]))),
+        "string-offsets.safetensors": with_header(lambda h: h["weights"].update(data_offsets="ab")),
+        "metadata-list.safetensors": with_header(lambda h: h.update(__metadata__=["dyweight"])),
+        "flux-mu-nan.safetensors": with_document(lambda d: d.update(schedule={"kind": "flux", "mu": math.nan})),
+        "random-bytes.safetensors": bytes(range(256)) * 3,
+    }
+
+
+def test_hostile_files_are_4xx_json_errors_never_500(dw, user_folder):
+    for name, data in hostile_files().items():
+        (user_folder / name).write_bytes(data)
+    odd_record = adams_bashforth(5, training={"iterations": 3, "validation": {"rmse": "n/a"}, "loss": [None]})
+    odd_record.save(user_folder / "odd-record.safetensors")
+    names = list(hostile_files())
+    responses = _get(dw, "/dyweight/coefficients", "/dyweight/coefficients/odd-record.safetensors",
+                     *[f"/dyweight/coefficients/{name}" for name in names])
+    (list_status, listing), (odd_status, odd) = responses[:2]
+    assert list_status == 200 and odd_status == 200 and odd["summary"]
+    entries = {entry["name"]: entry for entry in listing["coefficients"]}
+    for name, (status, body) in zip(names, responses[2:]):
+        assert status == 422, (name, status, body)
+        assert isinstance(body, dict) and name in body["error"] and body["reason"], (name, body)
+        assert entries[name]["error"] and entries[name]["reason"] == body["reason"], name
+
+
 def test_preset_route_is_what_ksampler_dyweight_picks(dw, user_folder):
     [(status, phi), (status_sd15, sd15), (status_flow, flow), (status_eps_other, other)] = _get(
         dw, "/dyweight/preset?nfe=5", "/dyweight/preset?nfe=4&prediction=eps&family=SD15",
