@@ -64,8 +64,9 @@ def load_coefficients(path) -> Coefficients:
 
 
 def _read_header(path: Path, raw: bytes) -> dict:
-    plausible_header = len(raw) >= 9 and raw[8:9] == b"{" and struct.unpack("<Q", raw[:8])[0] <= len(raw) - 8
-    if not plausible_header and raw.startswith(_PICKLE_OR_TORCH_SAVE):
+    # A safetensors header is JSON: byte 8 is "{" even when the length before it starts with a pickle's b"\x80"
+    # (and even in a truncated download, which is reported as truncated, not as a pickle).
+    if raw[8:9] != b"{" and raw.startswith(_PICKLE_OR_TORCH_SAVE):
         raise CoefficientFileError(
             path, "pickle",
             "this is a Python pickle / torch.save archive, not a safetensors file. DyWeight never unpickles "
