@@ -14,6 +14,7 @@ Runs are deterministic (``derandomize``) and bounded, so they fit the normal tes
 import dataclasses
 import json
 import math
+import os
 import pickle
 import struct
 import tempfile
@@ -34,7 +35,9 @@ from comfyui_dyweight.release.safe_unpickle import UnsafePickleError
 from test_coefficient_file import trained_like_phi
 from test_release_import import FLUX_ROWS, PIXEL_ROWS, PersistentObject, release_modules, window_mask, write_flux
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+# DYWEIGHT_FUZZ_EXAMPLES lowers the count where the suite runs many times over (scripts/mutation_test.sh).
+FUZZ = settings(max_examples=int(os.environ.get("DYWEIGHT_FUZZ_EXAMPLES", 300)), deadline=None, derandomize=True,
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
