@@ -183,3 +183,19 @@ def test_a_header_filling_the_file_is_read_even_when_its_length_starts_like_a_pi
     assert load_error(path).reason == "metadata_missing"
     path.write_bytes(header_only_file(0x180)[:-4])  # cut inside the header
     assert load_error(path).reason == "truncated"
+
+
+def test_registry_read_names_missing_and_unreadable_files(tmp_path, monkeypatch):
+    registry = PresetRegistry([tmp_path], include_shipped=False)
+    with pytest.raises(CoefficientFileError, match="gone.safetensors.*cannot be read") as caught:
+        registry.read(tmp_path / "gone.safetensors")
+    assert caught.value.reason == "missing"
+    (tmp_path / "locked.safetensors").write_bytes(b"x")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("comfyui_dyweight.coefficients.presets.load_coefficients", unreadable)
+    with pytest.raises(CoefficientFileError, match="locked.safetensors.*cannot be read .*Permission denied") as caught:
+        registry.read(tmp_path / "locked.safetensors")
+    assert caught.value.reason == "invalid"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from comfyui_dyweight.coefficients import (
-    CoefficientError, adams_bashforth, base_sigmas, edm_sigmas, flux_sigmas, initial_coefficients,
-    variable_step_adams_bashforth)
+    Coefficients, CoefficientError, adams_bashforth, base_sigmas, edm_sigmas, flux_sigmas, initial_coefficients,
+    euler, variable_step_adams_bashforth)
 
 F64 = torch.float64
 
@@ -97,3 +97,44 @@ def test_summary_says_what_the_phi_is():
     assert "schedule explicit sigmas" in explicit.summary()
     assert "schedule EDM ρ=5\n" in adams_bashforth(3, schedule={"kind": "edm", "rho": 5.0}, sigma_min=0.1,
                                                    sigma_max=9.0).summary() + "\n"
+
+
+def dss_phi(**change):
+    """A DSS solver on a DDPM-time grid: K = N, rows summing to one, data predictions combined."""
+    weights = torch.tensor([[1.0, 0.0, 0.0], [1.5, -0.5, 0.0], [1.2, -0.4, 0.2]], dtype=F64)
+    fields = dict(weights=weights, time_scale=torch.ones(3, dtype=F64), solver="dss", combine="denoised",
+                  schedule={"kind": "ddpm_time", "t": [0.999, 0.6, 0.3, 0.0]}, prediction="eps",
+                  source={"repository": "MCG-NJU/NeuralSolver", "commit": "abc123", "file": "dit.py", "licence": "MIT"},
+                  training={"iterations": 100, "teacher": "euler"})
+    fields.update(change)
+    return Coefficients(**fields)
+
+
+def test_summary_of_a_dss_solver():
+    assert dss_phi().summary().splitlines() == [
+        "DSS solver: NFE 3 (3 steps), history K=3, combines data predictions",
+        "for any model (eps), schedule DDPM times 0.999 … 0 (the model's own σ(t))",
+        "from MCG-NJU/NeuralSolver, abc123, dit.py, MIT",
+        "searched: teacher=euler, iterations=100",
+    ]
+    assert "from MCG-NJU/NeuralSolver, MIT\n" in dss_phi(source={"repository": "MCG-NJU/NeuralSolver",
+                                                                  "licence": "MIT"}).summary() + "\n"
+
+
+def test_base_sigmas_of_a_ddpm_time_grid():
+    grid = torch.tensor([150.0, 2.0, 0.5, 0.0], dtype=F64)
+    assert base_sigmas(dss_phi(sigmas=grid)).tolist() == grid.tolist()
+    with pytest.raises(CoefficientError, match="grid has 3 steps, not 4"):
+        base_sigmas(dss_phi(sigmas=grid), steps=4)
+    with pytest.raises(CoefficientError, match="DDPM time: its sigmas come from the model"):
+        base_sigmas(dss_phi())
+    flux_with_grid = adams_bashforth(3, schedule={"kind": "flux", "mu": 0.5}, sigmas=torch.tensor([0.9, 0.5, 0.2, 0.0]))
+    assert torch.equal(base_sigmas(flux_with_grid), flux_sigmas(3, 0.5))  # only explicit/DDPM-time grids are stored
+    assert base_sigmas(adams_bashforth(2, schedule={"kind": "edm", "rho": 7.0}, sigma_min=0.1,
+                                       sigma_max=5.0)).tolist()[-1] == pytest.approx(0.1)  # no to_zero: ends at σ_min
+
+
+def test_step_counts_below_one_are_refused():
+    assert euler(1).steps == 1 and flux_sigmas(1, 0.5).tolist() == [1.0, 0.0]
+    with pytest.raises(CoefficientError, match="NFE must be ≥ 1, got 0"):
+        euler(0)
