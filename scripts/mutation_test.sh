@@ -25,7 +25,7 @@ pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
 pytest_add_cli_args_test_selection = [
     "tests/test_update_rule.py", "tests/test_update_rule_oracles.py", "tests/test_coefficient_file.py",
     "tests/test_coefficient_boundaries.py", "tests/test_schedules_and_summary.py", "tests/test_presets.py",
-    "tests/test_fuzz_parsers.py",
+    "tests/test_fuzz_parsers.py", "tests/test_dss.py",
 ]
 EOF
 echo "mutmut stage: $stage"
