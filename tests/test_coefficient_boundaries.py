@@ -199,3 +199,55 @@ def test_registry_read_names_missing_and_unreadable_files(tmp_path, monkeypatch)
     with pytest.raises(CoefficientFileError, match="locked.safetensors.*cannot be read .*Permission denied") as caught:
         registry.read(tmp_path / "locked.safetensors")
     assert caught.value.reason == "invalid"
+
+
+def test_dss_fields_survive_a_round_trip(tmp_path):
+    weights = torch.tensor([[1.0, 0.0, 0.0], [1.5, -0.5, 0.0], [1.2, -0.4, 0.2]], dtype=F64)
+    phi = Coefficients(weights=weights, time_scale=torch.ones(3, dtype=F64), solver="dss", combine="denoised",
+                       schedule={"kind": "ddpm_time", "t": [0.999, 0.6, 0.3, 0.0]},
+                       source={"repository": "MCG-NJU/NeuralSolver", "licence": "MIT"})
+    phi.save(tmp_path / "dss.safetensors")
+    loaded = Coefficients.load(tmp_path / "dss.safetensors")
+    assert (loaded.solver, loaded.combine, loaded.source, loaded.schedule) == (
+        "dss", "denoised", phi.source, phi.schedule)
+
+
+def file_with_header(tmp_path, change):
+    phi = adams_bashforth(3)
+    path = write(tmp_path / "h.safetensors", {"weights": phi.weights.float(), "time_scale": phi.time_scale.float()},
+                 phi.metadata())
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    change(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size:])
+    return path
+
+
+@pytest.mark.parametrize("change, reason, words", [
+    (lambda h: h["weights"].update(data_offsets=["0", "36"]), "not_safetensors", "bad header entry for tensor 'weights'"),
+    (lambda h: h["weights"].update(data_offsets=[0.0, 36.0]), "not_safetensors", "bad header entry"),
+    (lambda h: h["weights"].update(data_offsets=[36, 0]), "not_safetensors", "bad header entry"),
+    (lambda h: h.update(__metadata__=["dyweight"]), "not_safetensors", "__metadata__ is not a string map"),
+    (lambda h: h["__metadata__"].update(dyweight=5), "metadata_malformed", "'dyweight' metadata is not a string"),
+    (lambda h: h["__metadata__"].update(dyweight="[" * 5000 + "]" * 5000), "metadata_malformed", "nested too deeply"),
+])
+def test_header_and_metadata_errors_name_the_problem(tmp_path, change, reason, words):
+    error = load_error(file_with_header(tmp_path, change))
+    assert error.reason == reason and words in str(error)
+
+
+@pytest.mark.parametrize("depth, accepted", [(32, True), (33, False)])
+def test_metadata_may_nest_32_levels(tmp_path, depth, accepted):
+    """The document is level 1 and training level 2; lists inside it make up the rest."""
+    training = {"note": json.loads("[" * (depth - 2) + "]" * (depth - 2))}
+    phi = adams_bashforth(3, training=training)
+    path = tmp_path / "nested.safetensors"
+    save_file({"weights": phi.weights.float(), "time_scale": phi.time_scale.float()}, str(path),
+              metadata={METADATA_KEY: json.dumps(phi.metadata())})
+    if accepted:
+        assert Coefficients.load(path).training == training
+    else:
+        error = load_error(path)
+        assert error.reason == "metadata_malformed" and "more than 32 levels" in str(error)
