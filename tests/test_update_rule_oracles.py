@@ -68,7 +68,7 @@ def test_dyweight_sample_equals_the_plain_loop(mixture, kind, afs, divisor, orde
     assert calls == pytest.approx(expected_calls, rel=1e-12) and len(calls) == phi.nfe
     assert [info["i"] for info in reported] == list(range(STEPS))
     for info, (x, sigma, denoised) in zip(reported, oracle_steps):
-        assert float(info["sigma"]) == pytest.approx(sigma, rel=1e-12)
+        assert float(info["sigma"]) == float(info["sigma_hat"]) == pytest.approx(sigma, rel=1e-12)
         assert torch.allclose(info["x"], x, rtol=1e-10, atol=1e-10)
         assert torch.allclose(info["denoised"], denoised, rtol=1e-10, atol=1e-10)
 
