@@ -33,7 +33,7 @@ from comfyui_dyweight.coefficients.io import METADATA_KEY
 from comfyui_dyweight.release.convert import ReleaseImportError, import_release_file
 from comfyui_dyweight.release.safe_unpickle import UnsafePickleError
 from test_coefficient_file import trained_like_phi
-from test_release_import import FLUX_ROWS, PIXEL_ROWS, PersistentObject, release_modules, window_mask, write_flux
+from release_files import FLUX_ROWS, PIXEL_ROWS, PersistentObject, release_modules, window_mask, write_flux
 
 # DYWEIGHT_FUZZ_EXAMPLES lowers the count where the suite runs many times over (scripts/mutation_test.sh).
 FUZZ = settings(max_examples=int(os.environ.get("DYWEIGHT_FUZZ_EXAMPLES", 300)), deadline=None, derandomize=True,
@@ -232,7 +232,7 @@ def import_bytes(folder: Path, data: bytes, name: str = "network-snapshot-000010
 
 
 def snapshot_states():
-    """The predictor and loss states of a release snapshot (see test_release_import.write_snapshot)."""
+    """The predictor and loss states of a release snapshot (see release_files.write_snapshot)."""
     full = torch.tensor(PIXEL_ROWS, dtype=torch.float32)
     predictor = {
         "_parameters": OrderedDict(hybrid_weights=full.clone(), t_scale=torch.tensor([0.9, 1.0, 1.1])),
