@@ -251,3 +251,34 @@ def test_metadata_may_nest_32_levels(tmp_path, depth, accepted):
     else:
         error = load_error(path)
         assert error.reason == "metadata_malformed" and "more than 32 levels" in str(error)
+
+
+def test_phi_keeps_private_copies_of_its_records():
+    schedule, training = {"kind": "comfy", "scheduler": "karras"}, {"validation": {"rmse": 0.1}}
+    source = {"repository": "x", "extra": {"a": 1}}
+    phi = adams_bashforth(3, schedule=schedule, training=training, source=source)
+    schedule["scheduler"], training["validation"]["rmse"], source["extra"]["a"] = "simple", 9, 2
+    assert phi.schedule["scheduler"] == "karras" and phi.training["validation"]["rmse"] == 0.1
+    assert phi.source["extra"]["a"] == 1
+
+
+@pytest.mark.parametrize("times, accepted", [([1.0, 0.0], True), ([1, 0.5, 0], True), ([1.5, 0.0], False),
+                                             ([0.5], False), ([True, 0.0], False), ([0.5, 0.5], False)])
+def test_ddpm_time_grids(times, accepted):
+    steps = len(times) - 1 if len(times) > 1 else 1
+    weights = torch.zeros(steps, steps, dtype=F64)
+    weights[:, 0] = 1.0
+    fields = dict(weights=weights, time_scale=torch.ones(steps, dtype=F64), schedule={"kind": "ddpm_time", "t": times})
+    if accepted:
+        assert Coefficients(**fields).schedule["t"] == times
+    else:
+        with pytest.raises(CoefficientError, match="'ddpm_time' schedule needs 't'"):
+            Coefficients(**fields)
+
+
+def test_dss_rows_before_the_last_must_sum_to_one():
+    rows = torch.tensor([[1.0, 0.0, 0.0], [1.6, -0.5, 0.0], [1.2, -0.4, 0.5]], dtype=F64)  # row N−2 sums to 1.1
+    with pytest.raises(CoefficientError, match="row 1 sums to 1.1"):
+        Coefficients(weights=rows, time_scale=torch.ones(3, dtype=F64), solver="dss")
+    rows[1, 0] = 1.5  # now only the last row is off: it just places the end point
+    assert Coefficients(weights=rows, time_scale=torch.ones(3, dtype=F64), solver="dss").solver == "dss"
