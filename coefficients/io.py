@@ -17,9 +17,9 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
-from .errors import CoefficientError, CoefficientFileError
-from .phi import FORMAT, Coefficients
+from .errors import CoefficientFileError
 
+FORMAT = "dyweight/1"
 METADATA_KEY = "dyweight"
 TENSOR_NAMES = ("weights", "time_scale", "sigmas")
 _REQUIRED_FIELDS = ("format", "nfe", "order", "afs", "divisor", "schedule", "prediction", "model_family",
@@ -31,20 +31,17 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_METADATA_DEPTH = 32
 
 
-def save_coefficients(phi: Coefficients, path, dtype=torch.float32) -> None:
-    """Write ``phi`` to ``path`` atomically (temporary file + rename), its tensors in ``dtype``
-    (float64 keeps converted third-party tables at their published decimals)."""
-    phi = phi.detached(dtype)
-    tensors = {"weights": phi.weights, "time_scale": phi.time_scale}
-    if phi.sigmas is not None:
-        tensors["sigmas"] = phi.sigmas
-    document = json.dumps(phi.metadata(), sort_keys=True)
+def write_coefficient_file(path, tensors: dict, document: dict) -> None:
+    """Write a Φ's ``tensors`` (``weights``, ``time_scale``[, ``sigmas``]) and its metadata ``document``
+    to ``path`` atomically (temporary file + rename)."""
     with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata={METADATA_KEY: document})
+        save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(document, sort_keys=True)})
 
 
-def load_coefficients(path) -> Coefficients:
-    """Read, parse and validate a coefficient file.
+def read_coefficient_file(path) -> tuple:
+    """``(tensors, document)`` of a coefficient file, checked as far as a file can be: the safetensors
+    layout, the metadata document, the tensor set, dtypes, shapes and finiteness
+    (:meth:`Coefficients.load` then checks the Φ they make).
 
     Raises :class:`CoefficientFileError` whose ``reason`` tells a missing file, a truncated file, a
     pickle or ``torch.save`` archive, another non-safetensors file, missing or malformed metadata, an
@@ -60,7 +57,8 @@ def load_coefficients(path) -> Coefficients:
         tensors = load_safetensors_bytes(raw)
     except Exception as error:  # safetensors raises its own error types for corrupt payloads
         raise CoefficientFileError(path, "invalid", f"safetensors could not read it ({error})") from error
-    return _build(path, tensors, document)
+    _check_tensors(path, tensors, document)
+    return tensors, document
 
 
 def _read_header(path: Path, raw: bytes) -> dict:
@@ -155,7 +153,7 @@ def _read_document(path: Path, header: dict) -> dict:
     return document
 
 
-def _build(path: Path, tensors: dict, document: dict) -> Coefficients:
+def _check_tensors(path: Path, tensors: dict, document: dict) -> None:
     unknown = sorted(set(tensors) - set(TENSOR_NAMES))
     absent = [name for name in ("weights", "time_scale") if name not in tensors]
     if absent or unknown:
@@ -177,13 +175,3 @@ def _build(path: Path, tensors: dict, document: dict) -> Coefficients:
         raise CoefficientFileError(
             path, "shape", f"metadata says NFE {document['nfe']}, order {document['order']} but the weights are "
                            f"{tuple(weights.shape)}")
-    try:
-        return Coefficients(
-            weights=weights, time_scale=time_scale, sigmas=tensors.get("sigmas"),
-            afs=document["afs"], divisor=document["divisor"], schedule=document["schedule"],
-            prediction=document["prediction"], model_family=document["model_family"],
-            sigma_min=document["sigma_min"], sigma_max=document["sigma_max"], cfg=document["cfg"],
-            training=document["training"], solver=document.get("solver", "dyweight"),
-            combine=document.get("combine", "gradient"), source=document.get("source"))
-    except CoefficientError as error:
-        raise CoefficientFileError(path, "invalid", str(error)) from None

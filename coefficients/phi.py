@@ -20,9 +20,9 @@ from typing import Any, Optional
 
 import torch
 
-from .errors import CoefficientError
+from .errors import CoefficientError, CoefficientFileError
+from .io import FORMAT, read_coefficient_file, write_coefficient_file
 
-FORMAT = "dyweight/1"
 DIVISORS = ("sigma", "net_sigma")
 PREDICTIONS = ("eps", "v", "flow")
 SCHEDULE_KINDS = ("comfy", "explicit", "edm", "flux", "ddpm_time")
@@ -276,14 +276,27 @@ class Coefficients:
 
     @classmethod
     def load(cls, path) -> "Coefficients":
-        """Read and validate a coefficient file; see :func:`coefficients.io.load_coefficients`."""
-        from .io import load_coefficients
-        return load_coefficients(path)
+        """Read and validate a coefficient file (the file format: :mod:`coefficients.io`); every problem is a
+        :class:`CoefficientFileError` that names the file. Nothing is ever unpickled."""
+        tensors, document = read_coefficient_file(path)
+        try:
+            return cls(weights=tensors["weights"], time_scale=tensors["time_scale"], sigmas=tensors.get("sigmas"),
+                       afs=document["afs"], divisor=document["divisor"], schedule=document["schedule"],
+                       prediction=document["prediction"], model_family=document["model_family"],
+                       sigma_min=document["sigma_min"], sigma_max=document["sigma_max"], cfg=document["cfg"],
+                       training=document["training"], solver=document.get("solver", "dyweight"),
+                       combine=document.get("combine", "gradient"), source=document.get("source"))
+        except CoefficientError as error:
+            raise CoefficientFileError(path, "invalid", str(error)) from None
 
     def save(self, path, dtype=torch.float32) -> None:
-        """Write this Φ atomically; see :func:`coefficients.io.save_coefficients`."""
-        from .io import save_coefficients
-        save_coefficients(self, path, dtype)
+        """Write this Φ atomically, its tensors in ``dtype`` (float64 keeps converted third-party tables at
+        their published decimals)."""
+        phi = self.detached(dtype)
+        tensors = {"weights": phi.weights, "time_scale": phi.time_scale}
+        if phi.sigmas is not None:
+            tensors["sigmas"] = phi.sigmas
+        write_coefficient_file(path, tensors, phi.metadata())
 
 
 def _describe_schedule(schedule: dict) -> str:

@@ -25,7 +25,6 @@ from typing import Callable, Iterable, Optional
 
 from .errors import CoefficientFileError
 from .initializers import adams_bashforth
-from .io import load_coefficients
 from .phi import Coefficients
 
 LOG = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ class PresetRegistry:
         if entry is not None and entry[0] == stamp:
             return entry
         try:
-            entry = (stamp, load_coefficients(path), None)
+            entry = (stamp, Coefficients.load(path), None)
         except CoefficientFileError as error:
             entry = (stamp, None, error)
         except OSError as error:

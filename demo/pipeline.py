@@ -37,8 +37,7 @@ from typing import Callable
 
 import torch
 
-from ..coefficients import dyweight_sample, edm_sigmas, initial_coefficients
-from ..coefficients.io import load_coefficients
+from ..coefficients import Coefficients, dyweight_sample, edm_sigmas, initial_coefficients
 from ..coefficients.presets import SHIPPED_DIR
 from ..trainer import DistillConfig, ModelSource, distill, teacher_pairs_for
 from ..trainer.students import ScheduleTime
@@ -230,7 +229,7 @@ def zero_shot_table(stem: str, nfe: int, model: DemoModel, settings: DemoSetting
     path = SHIPPED_DIR / "dss" / f"{stem}-nfe{nfe}.safetensors"
     if not path.is_file():
         return None
-    table = load_coefficients(path)
+    table = Coefficients.load(path)
     if table.schedule["kind"] == "ddpm_time":
         times = torch.tensor(table.schedule["t"], dtype=torch.float64)
     else:

@@ -195,7 +195,7 @@ def test_registry_read_names_missing_and_unreadable_files(tmp_path, monkeypatch)
     def unreadable(path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("comfyui_dyweight.coefficients.presets.load_coefficients", unreadable)
+    monkeypatch.setattr(Coefficients, "load", unreadable)
     with pytest.raises(CoefficientFileError, match="locked.safetensors.*cannot be read .*Permission denied") as caught:
         registry.read(tmp_path / "locked.safetensors")
     assert caught.value.reason == "invalid"
