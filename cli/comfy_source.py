@@ -21,6 +21,7 @@ overwrite) without it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -48,7 +49,8 @@ def add_arguments(group) -> None:
                        help="how ComfyUI combines the text encoders, as in its CLIP loaders: flux, sd3, "
                             "stable_diffusion, … (any of the host's CLIPType names, lower case)")
     group.add_argument("--prompts", type=Path, metavar="FILE",
-                       help="training prompts, one per line (blank lines ignored); pairs take them in turn")
+                       help="training prompts: a .txt file, one per line (blank lines ignored), or a .jsonl file with a "
+                            "\"prompt\" (or \"caption\"/\"text\") field per line; pairs take them in turn")
     group.add_argument("--negative", default="", metavar="TEXT", help="the negative prompt (default empty)")
     group.add_argument("--cfg", type=float,
                        help=f"the CFG you sample at (default {DEFAULT_CFG:g}; {DEFAULT_FLUX_CFG:g} for FLUX models)")
@@ -93,15 +95,38 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
         default_out=host / "models" / "dyweight", default_cache_dir=host / "user" / "dyweight" / "teacher-cache")
 
 
+#: The caption field of a ``.jsonl`` prompt file, first found wins (the release's COCO files use ``prompt``).
+CAPTION_FIELDS = ("prompt", "caption", "text")
+
+
 def read_prompts(path: Path) -> list:
+    """The prompts of a ``.txt`` file (one per line, blank lines ignored) or a ``.jsonl`` file (one JSON
+    object per line with a :data:`CAPTION_FIELDS` string, as the release's ``train2014_N5000.jsonl``)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise ValueError(f"cannot read --prompts {path}: {error.strerror or error}") from None
-    prompts = [line.strip() for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read --prompts {path}: {getattr(error, 'strerror', None) or error}") from None
+    if Path(path).suffix.lower() == ".jsonl":
+        prompts = [_caption(line, number, path) for number, line in enumerate(lines, 1) if line.strip()]
+    else:
+        prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError(f"--prompts {path} has no prompts (one per line)")
     return prompts
+
+
+def _caption(line: str, number: int, path: Path) -> str:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--prompts {path}, line {number}: not JSON ({error.msg}); a .jsonl file holds one "
+                         f'object per line, e.g. {{"prompt": "a photo of a cat"}}') from None
+    fields = [entry.get(field) for field in CAPTION_FIELDS] if isinstance(entry, dict) else []
+    caption = next((value for value in fields if isinstance(value, str) and value.strip()), None)
+    if caption is None:
+        raise ValueError(f"--prompts {path}, line {number}: no caption; each line needs a non-empty string "
+                         f"field {' or '.join(repr(field) for field in CAPTION_FIELDS)}")
+    return caption.strip()
 
 
 def open_source(arguments: argparse.Namespace, host: Path, prompts: list, body):

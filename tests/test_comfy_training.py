@@ -60,6 +60,33 @@ def test_adapter_distils_a_phi_that_beats_its_initialisation_and_samples(adapter
     assert again.timings["teacher_cache_hit"]
 
 
+def test_each_row_is_denoised_under_its_own_prompt_as_a_stock_sampler_does(adapter, inference_mode_model):
+    """The trainer's denoiser on a batch mixing three prompts, row by row against the stock sampling
+    path: one Euler step to σ = 0 (``sample_custom``) returns the guided x0 of its prompt."""
+    import comfy.sample
+    import comfy.samplers
+
+    conditionings = [comfy_host.tiny_sd15_conditioning(batch=1, seed=seed) for seed in (1, 2, 3)]
+    target = adapter.ComfyTarget(inference_mode_model, conditionings, cfg=4.0, latent_shape=(4, 8, 8))
+    labels = torch.tensor([2, 0, 1, 2])
+    unit = torch.randn((4, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    sigma = torch.tensor(3.0)
+
+    def body(denoise, _):
+        with torch.no_grad():  # the model's weights are inference tensors (as the loader nodes make them)
+            return denoise(sigma * unit, sigma, condition=labels)
+
+    ours = adapter.with_comfy_denoisers(target, body)
+    for row, label in enumerate(labels.tolist()):
+        positive, negative = conditionings[label]
+        stock = comfy.sample.sample_custom(inference_mode_model, unit[row:row + 1], 4.0,
+                                           comfy.samplers.sampler_object("euler"), torch.stack([sigma, sigma * 0]),
+                                           positive, negative, torch.zeros_like(unit[:1]), disable_pbar=True)
+        expected = inference_mode_model.model.process_latent_in(stock)
+        assert torch.allclose(ours[row:row + 1], expected, atol=1e-5), (row, label)
+    assert not torch.allclose(ours[0], ours[3])  # same prompt, other noise: the rows were not mixed up
+
+
 @pytest.fixture(scope="module")
 def checkpoint(host, tmp_path_factory):
     """The tiny real checkpoint, loaded the way CheckpointLoaderSimple loads it (inference mode)."""
