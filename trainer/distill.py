@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from ..coefficients import Coefficients, euler, initial_coefficients
-from . import optimise
+from . import distributed, optimise
 from .config import DistillConfig
 from .pairs import PairSet, TeacherRun, cache_path, draw_noise, pairs_key, teacher_pairs
 from .progress import Reporter, TrainingInterrupted
@@ -69,7 +69,7 @@ def distill(model: ModelSource, config: DistillConfig = DistillConfig(), *, cach
     if trained_here:
         raise ValueError(f"phi_fields may not set {trained_here}: the trainer sets them (use DistillConfig)")
     run = _Distillation(model, config, state_dir=None if state_dir is None else Path(state_dir),
-                        reporter=Reporter(progress))
+                        reporter=distributed.reporter(progress))
     with torch.inference_mode(False):
         return run.execute(cache_dir, resume)
 
@@ -79,7 +79,7 @@ def teacher_pairs_for(model: ModelSource, config: DistillConfig, *, cache_dir=No
     """The teacher pairs :func:`distill` uses for ``model`` and ``config``: read from ``cache_dir`` or
     generated (and cached there, under the key :func:`distill` looks for, so it never runs the teacher
     for them again)."""
-    run = _Distillation(model, config, state_dir=None, reporter=Reporter(progress))
+    run = _Distillation(model, config, state_dir=None, reporter=distributed.reporter(progress))
     with torch.inference_mode(False):
         return run.run_teacher(run.plan_pairs(cache_dir))
 
@@ -122,10 +122,11 @@ class _Distillation:
                 for family in self.config.families:
                     self._train(family, nfe, pairs.subset(train_index), pairs.subset(self.validation_index))
                 self.reporter.done(nfe, self._table_row(nfe))
-        except (KeyboardInterrupt, TrainingInterrupted):
+        except (KeyboardInterrupt, TrainingInterrupted, distributed.RankFailed) as stop:
             path = self._save_state() if self.state_dir is not None else None
             where = f"state saved to {path}; resume=True continues" if path else "no state_dir: nothing saved"
-            raise TrainingInterrupted(f"training interrupted ({where})", result=self._result(path),
+            why = f"{stop}; " if isinstance(stop, distributed.RankFailed) else ""
+            raise TrainingInterrupted(f"training interrupted ({why}{where})", result=self._result(path),
                                       state_path=path) from None
         return self._result(None if self.state_dir is None else state_path(self.state_dir))
 
@@ -188,6 +189,8 @@ class _Distillation:
             self._save_state()
 
     def _save_state(self) -> Path:
+        if not distributed.ranks().main:  # every rank holds the same state; rank 0 writes it
+            return state_path(self.state_dir)
         return save_state(self.state_dir, self.resume_key, self.runs)
 
     # --- pieces ------------------------------------------------------------------------------
