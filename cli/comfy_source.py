@@ -57,6 +57,10 @@ def add_arguments(group) -> None:
     group.add_argument("--guidance", type=float,
                        help="FLUX guidance, set on the prompts' conditioning as the FluxGuidance node does "
                             "(default: the model's, 3.5 for FLUX dev)")
+    group.add_argument("--cfg-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="train one Φ for a CFG range: each pair draws its CFG from [LOW, HIGH] (instead of --cfg)")
+    group.add_argument("--guidance-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="the same for FLUX guidance: each pair draws its guidance from [LOW, HIGH]")
     group.add_argument("--width", type=int, default=512, help="image width of the training latents (default 512)")
     group.add_argument("--height", type=int, default=512, help="image height of the training latents (default 512)")
     group.add_argument("--scheduler", metavar="NAME",
@@ -86,6 +90,7 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
     if arguments.prompts is None:
         raise ValueError("--prompts FILE (one prompt per line) is required for a ComfyUI model")
     prompts = read_prompts(arguments.prompts)
+    cfg_range_record(arguments)
     for side in ("width", "height"):
         if getattr(arguments, side) < 8 or getattr(arguments, side) % 8:
             raise ValueError(f"--{side} must be a positive multiple of 8, got {getattr(arguments, side)}")
@@ -93,6 +98,22 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
     return DeferredSource(
         name=Path(model_file).stem, opener=lambda body: open_source(arguments, host, prompts, body),
         default_out=host / "models" / "dyweight", default_cache_dir=host / "user" / "dyweight" / "teacher-cache")
+
+
+def cfg_range_record(arguments: argparse.Namespace):
+    """The Φ's ``cfg`` range record of ``--cfg-range``/``--guidance-range`` (``None`` without one)."""
+    given = [(kind, getattr(arguments, f"{kind}_range")) for kind in ("cfg", "guidance")
+             if getattr(arguments, f"{kind}_range") is not None]
+    if len(given) > 1:
+        raise ValueError("give --cfg-range or --guidance-range, not both")
+    if arguments.cfg_range is not None and arguments.cfg is not None:
+        raise ValueError("--cfg-range replaces --cfg: give one of them")
+    if not given:
+        return None
+    kind, (low, high) = given[0]
+    if not 0 <= low <= high:
+        raise ValueError(f"--{kind}-range LOW HIGH needs 0 ≤ LOW ≤ HIGH, got {low:g} {high:g}")
+    return {"kind": kind, "min": low, "max": high}
 
 
 #: The caption field of a ``.jsonl`` prompt file, first found wins (the release's COCO files use ``prompt``).
@@ -154,13 +175,19 @@ def open_source(arguments: argparse.Namespace, host: Path, prompts: list, body):
 
     if arguments.guidance is not None:
         positives = [training_target.with_guidance(positive, arguments.guidance) for positive in positives]
+    cfg_range = cfg_range_record(arguments)
     target = training_target.ComfyTarget(model, [(positive, negative) for positive in positives], cfg,
-                                       training_target.latent_shape(model, arguments.width, arguments.height), scheduler)
+                                       training_target.latent_shape(model, arguments.width, arguments.height), scheduler,
+                                       cfg_range)
     defaults = training_target.COMFY_DEFAULTS
     teacher = arguments.teacher or defaults["teacher"]
     teacher_steps = arguments.teacher_steps or defaults["teacher_steps"]
     pairs = arguments.pairs or defaults["pairs"]
-    print(f"train: {model_file.name}: {facts.family} ({facts.prediction}), {len(prompts)} prompt(s), CFG {cfg:g}"
+    described_cfg = f"CFG {cfg:g}" if cfg_range is None or cfg_range["kind"] != "cfg" else \
+        f"CFG {cfg_range['min']:g}–{cfg_range['max']:g}"
+    if cfg_range is not None and cfg_range["kind"] == "guidance":
+        described_cfg += f", guidance {cfg_range['min']:g}–{cfg_range['max']:g}"
+    print(f"train: {model_file.name}: {facts.family} ({facts.prediction}), {len(prompts)} prompt(s), {described_cfg}"
           f"{'' if arguments.guidance is None else f', guidance {arguments.guidance:g}'}, "
           f"{arguments.width}×{arguments.height}, scheduler {target.schedule_name()}, teacher {teacher} × "
           f"{teacher_steps} steps, {pairs} pairs", file=sys.stderr)

@@ -13,6 +13,7 @@ The trainer core never imports ``comfy``; this module is its one door into Comfy
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -50,6 +51,9 @@ class ComfyTarget:
     cfg: float
     latent_shape: tuple  # (channels, height, width) of one latent
     scheduler: Optional[str] = None  # default: the model's (model_scheduler: karras, simple for flow, …)
+    #: ``{"kind": "cfg" | "guidance", "min": a, "max": b}``: each pair draws its CFG (or FLUX guidance,
+    #: set on the positive conditioning) from [a, b] instead of using ``cfg`` (a Φ's ``cfg`` range record).
+    cfg_range: Optional[dict] = None
 
     def facts(self) -> ModelFacts:
         return facts_from_patcher(self.model)
@@ -73,33 +77,46 @@ class SamplerModel:
 
 
 class GroupedDenoiser:
-    """``denoise(x, σ, condition=labels)``: the rows of each label through ``denoise_prompt(label, rows, σ)``."""
+    """``denoise(x, σ, condition=labels, guidance=values)``: the rows of each (label, guidance) through
+    ``denoise_prompt(label, rows, σ, guidance)`` (guidance ``None`` when the pairs carry none)."""
 
     def __init__(self, denoise_prompt: Callable, prompts: int):
         self.denoise_prompt, self.prompts = denoise_prompt, prompts
 
-    def __call__(self, x, sigma, condition=None):
-        if condition is None:
-            if self.prompts != 1:
-                raise ValueError("several prompts need the condition labels of the batch")
-            return self.denoise_prompt(0, x, sigma)
+    def __call__(self, x, sigma, condition=None, guidance=None):
+        if condition is None and self.prompts != 1:
+            raise ValueError("several prompts need the condition labels of the batch")
+        labels = [0] * x.shape[0] if condition is None else condition.tolist()
+        values = [None] * x.shape[0] if guidance is None else guidance.tolist()
+        groups: dict = {}
+        for row, key in enumerate(zip(labels, values)):
+            groups.setdefault(key, []).append(row)
+        if len(groups) == 1:
+            return self.denoise_prompt(labels[0], x, sigma, values[0])
         out = None
-        for label in condition.unique().tolist():
-            rows = (condition == label).nonzero().flatten().to(x.device)
-            denoised = self.denoise_prompt(label, x.index_select(0, rows), sigma)
+        for (label, value), rows in groups.items():
+            rows = torch.tensor(rows, device=x.device)
+            denoised = self.denoise_prompt(label, x.index_select(0, rows), sigma, value)
             out = denoised.new_zeros(x.shape) if out is None else out
             out = out.index_copy(0, rows, denoised)
         return out
 
 
-def guided_call(target: "ComfyTarget", index: int, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def guided_call(target: "ComfyTarget", index: int, x: torch.Tensor, sigma: torch.Tensor,
+                guidance: Optional[float] = None) -> torch.Tensor:
     """x0 of prompt ``index`` at σ for the batch ``x``: one real ComfyUI sampling call
     (``comfy.sample.sample_custom``) whose sampler function makes exactly one guided model call.
 
     Only this prompt's conditioning is live in ComfyUI, and only during the call; the output keeps
-    its autograd graph to ``x`` (the sampler returns its own noise untouched).
+    its autograd graph to ``x`` (the sampler returns its own noise untouched). ``guidance`` replaces
+    the CFG, or sets FLUX guidance on the positive conditioning, as ``target.cfg_range`` says.
     """
     positive, negative = target.conditionings[index]
+    cfg = target.cfg
+    if guidance is not None and target.cfg_range["kind"] == "cfg":
+        cfg = guidance
+    elif guidance is not None:
+        positive = with_guidance(positive, guidance)
     denoised = []
 
     def call_once(model, noise, sigmas, extra_args=None, callback=None, disable=None):
@@ -108,7 +125,7 @@ def guided_call(target: "ComfyTarget", index: int, x: torch.Tensor, sigma: torch
 
     empty = torch.zeros(x.shape, dtype=torch.float32)
     sigmas = torch.stack([torch.as_tensor(sigma).detach().float().cpu().reshape(()), torch.tensor(0.0)])
-    comfy.sample.sample_custom(target.model, empty, target.cfg, comfy.samplers.KSAMPLER(call_once), sigmas,
+    comfy.sample.sample_custom(target.model, empty, cfg, comfy.samplers.KSAMPLER(call_once), sigmas,
                                positive, negative, empty, disable_pbar=True)
     return denoised[0]
 
@@ -130,7 +147,7 @@ def with_comfy_denoisers(target: ComfyTarget, body: Callable):
     for that prompt (:func:`guided_call`), so any number of prompts costs only their encodings;
     ``inner_model`` is what ComfyUI's sampler functions may look into (:class:`SamplerHost`).
     """
-    denoise = GroupedDenoiser(lambda index, x, sigma: guided_call(target, index, x, sigma), len(target.conditionings))
+    denoise = GroupedDenoiser(functools.partial(guided_call, target), len(target.conditionings))
     with torch.inference_mode(False), torch.enable_grad():
         return body(denoise, SamplerHost(target.model, target.facts().model_sampling))
 
@@ -282,6 +299,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, bas
     cache_key = {
         "model": model_identity(target.model), "conditioning": conditioning_identity(target.conditionings),
         "cfg": target.cfg, "latent_shape": list(target.latent_shape), "scheduler": scheduler, "seed": seed,
+        **({} if target.cfg_range is None else {"cfg_range": target.cfg_range}),
     }
     training = {"base_model": base_model or f"{facts.family} {cache_key['model']['weights']}",
                 "base_model_hash": cache_key["model"]["weights"], "patches_hash": cache_key["model"]["patches"],
@@ -290,7 +308,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, bas
                 **{key: value for key, value in (record or {}).items() if value is not None}}
     phi_fields = {"schedule": {"kind": "comfy", "scheduler": scheduler}, "prediction": facts.prediction,
                   "model_family": facts.family, "sigma_min": facts.sigma_min, "sigma_max": facts.sigma_max,
-                  "cfg": target.cfg, "training": training}
+                  "cfg": target.cfg if target.cfg_range is None else dict(target.cfg_range), "training": training}
 
     def live(denoise, inner_model):
         replaced = make_weights_differentiable(target.model.model)
@@ -299,6 +317,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, bas
         return body(ModelSource(
             denoise, comfy_noise(target, facts, seed), lambda steps: comfy_sigmas(facts.model_sampling, scheduler, steps),
             name=name, cache_key=cache_key, phi_fields=phi_fields, conditions=range(len(target.conditionings)),
+            guidance=None if target.cfg_range is None else (target.cfg_range["min"], target.cfg_range["max"]),
             teachers=lambda teacher: comfy_sampler(teacher, inner_model),
             baselines=comfy_baselines(facts, scheduler, inner_model),
             defaults={**COMFY_DEFAULTS, "divisor": "net_sigma" if facts.prediction == "flow" else "sigma"}))

@@ -20,6 +20,7 @@ from ..coefficients import Coefficients, euler, initial_coefficients
 from . import distributed, optimise
 from .config import DistillConfig
 from .pairs import PairSet, TeacherRun, cache_path, draw_noise, pairs_key, teacher_pairs
+from .guidance import EndsReport, draw_guidance
 from .progress import Reporter, TrainingInterrupted
 from .result import DistillResult, family_row, history, trained_phi
 from .source import ModelSource
@@ -97,6 +98,7 @@ class _Distillation:
     resume_key: dict = dataclasses.field(default_factory=dict)
     teacher_run: Optional[TeacherRun] = None
     validation_index: Optional[torch.Tensor] = None
+    guidance_report: Optional[EndsReport] = None
     teacher: Teacher = dataclasses.field(init=False)
     baselines: dict = dataclasses.field(init=False)
     baseline_figures: dict = dataclasses.field(default_factory=dict)  # NFE → the baselines' held-out RMSE
@@ -133,15 +135,19 @@ class _Distillation:
     def plan_pairs(self, cache_dir) -> "_PairsPlan":
         """The pairs' inputs (noise, seeds, labels), the teacher's grid, the cache key and file."""
         latents, seeds, labels = draw_noise(self.model.noise, self.config.pairs, self.model.conditions)
+        guidance = draw_guidance(self.model.guidance, len(latents))
         sigmas = self._checked_grid(self.config.teacher_steps, "the teacher")
-        key = pairs_key(self.model.cache_key, self.teacher, sigmas, latents, labels, path=self.needs_path)
-        return _PairsPlan(PairSet(seeds, latents, None, labels), sigmas, key, self._pairs_store(cache_dir, key))
+        key = pairs_key(self.model.cache_key, self.teacher, sigmas, latents, labels, path=self.needs_path,
+                        guidance=guidance)
+        return _PairsPlan(PairSet(seeds, latents, None, labels, guidance=guidance), sigmas, key,
+                          self._pairs_store(cache_dir, key))
 
     def run_teacher(self, plan: "_PairsPlan") -> TeacherRun:
         """The pairs of ``plan``: from its cache file, or the teacher run from its noise."""
         inputs = plan.inputs
         return teacher_pairs(self.model.denoise, inputs.noise, inputs.seeds, inputs.labels, self.teacher, plan.sigmas,
-                             self.config.sampling_batch, plan.key, plan.store, self.reporter, path=self.needs_path)
+                             self.config.sampling_batch, plan.key, plan.store, self.reporter, path=self.needs_path,
+                             guidance=inputs.guidance)
 
     @property
     def needs_path(self) -> bool:
@@ -161,6 +167,11 @@ class _Distillation:
             run.notes.append(f"{family} NFE {nfe}: training did not improve the held-out RMSE of the "
                              f"initialisation ({run.init_rmse:.4g}); returned the initialisation")
         run.row = family_row(run, self._baseline_rmse(nfe, validation_pairs, run.notes))
+        if self.model.guidance is not None:  # the range's ends and middle (see .guidance)
+            student = self._student(family, template)
+            phis = {"rmse": dataclasses.replace(template, **run.best), "init": template}
+            run.row["guidance"] = self._guidance_report().row(
+                validation_pairs, {name: (phi, optimise.evaluation_grid(student, phi)) for name, phi in phis.items()})
         self._commit(run.snapshot(), True)
 
     def _student(self, family: str, template: Coefficients, state: Optional[dict] = None):
@@ -240,6 +251,13 @@ class _Distillation:
             self.notes.append("cache_dir was given but the model has no cache_key: the pairs were not cached (a "
                               "key naming the model and its settings is needed to reuse them safely)")
         return None if self.state_dir is None else cache_path(self.state_dir, key)
+
+    def _guidance_report(self) -> EndsReport:
+        if self.guidance_report is None:
+            self.guidance_report = EndsReport(self.model.guidance, self.model.denoise, self.teacher,
+                                              self._checked_grid(self.config.teacher_steps, "the teacher"),
+                                              self.config.sampling_batch, self.reporter)
+        return self.guidance_report
 
     def _baseline_rmse(self, nfe: int, pairs: PairSet, notes: list) -> dict:
         """The baselines' held-out RMSE at ``nfe`` (computed once per NFE, whatever the families)."""

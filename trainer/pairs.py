@@ -45,8 +45,9 @@ DEFAULT_PAIRS = 256
 @dataclasses.dataclass
 class PairSet:
     """Teacher pairs: per-pair ``seeds`` [P], ``noise`` [P, …] at σ_max, ``target`` [P, …] the teacher's x0
-    (``None`` while it is being generated), optional condition ``labels`` [P] (int64) and, for path
-    supervision, the teacher's states ``path`` [P, M+1, …] (CPU) at its grid ``path_sigmas`` [M+1]."""
+    (``None`` while it is being generated), optional condition ``labels`` [P] (int64), for path
+    supervision the teacher's states ``path`` [P, M+1, …] (CPU) at its grid ``path_sigmas`` [M+1], and
+    optional ``guidance`` [P] (float64: the CFG or FLUX guidance of each pair, drawn from a range)."""
 
     seeds: torch.Tensor
     noise: torch.Tensor
@@ -54,6 +55,7 @@ class PairSet:
     labels: Optional[torch.Tensor] = None
     path: Optional[torch.Tensor] = None
     path_sigmas: Optional[torch.Tensor] = None
+    guidance: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.noise.shape[0]
@@ -66,11 +68,14 @@ class PairSet:
             return tensor[index.to(tensor.device) if isinstance(index, torch.Tensor) else index]
 
         return PairSet(self.seeds[index], self.noise[index], pick(self.target), pick(self.labels), pick(self.path),
-                       self.path_sigmas)
+                       self.path_sigmas, pick(self.guidance))
 
     def bind(self, denoise: Callable) -> Callable:
-        """``denoise`` for these pairs: ``denoise(x, σ)``, or ``denoise(x, σ, condition=labels)`` with labels."""
-        return denoise if self.labels is None else functools.partial(denoise, condition=self.labels)
+        """``denoise`` for these pairs: ``denoise(x, σ)``, with ``condition=labels`` when they have labels
+        and ``guidance=values`` when they have guidance."""
+        given = {name: value for name, value in (("condition", self.labels), ("guidance", self.guidance))
+                 if value is not None}
+        return functools.partial(denoise, **given) if given else denoise
 
 
 def draw_noise(noise: NoiseSource, count: Optional[int], conditions: Optional[Sequence[int]]):
@@ -119,9 +124,9 @@ def _draw_from_generator(noise: Callable[[int], torch.Tensor], count: int):
 
 
 def pairs_key(user_key, teacher: Teacher, sigmas: torch.Tensor, noise: torch.Tensor,
-              labels: Optional[torch.Tensor], path: bool = False) -> dict:
+              labels: Optional[torch.Tensor], path: bool = False, guidance: Optional[torch.Tensor] = None) -> dict:
     """The full cache key: the caller's key plus what the trainer itself knows about the pairs (and
-    whether they keep the teacher's path)."""
+    whether they keep the teacher's path, and their guidance draws)."""
     key = {
         "format": FORMAT,
         "key": user_key,
@@ -131,6 +136,7 @@ def pairs_key(user_key, teacher: Teacher, sigmas: torch.Tensor, noise: torch.Ten
         "noise": _digest(noise),
         "labels": None if labels is None else labels.tolist(),
     }
+    key.update({} if guidance is None else {"guidance": _digest(guidance)})
     return {**key, "path": True} if path else key
 
 
@@ -158,7 +164,8 @@ class TeacherRun:
 
 def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, labels: Optional[torch.Tensor],
                   teacher: Teacher, sigmas: torch.Tensor, batch_size: int, key: dict,
-                  store: Optional[Path], reporter: Reporter, path: bool = False) -> TeacherRun:
+                  store: Optional[Path], reporter: Reporter, path: bool = False,
+                  guidance: Optional[torch.Tensor] = None) -> TeacherRun:
     """Run ``teacher`` from each latent on ``sigmas`` in batches, or read the finished pairs from ``store``.
 
     With ``path``, the teacher's state at every grid point is kept too (the teacher must report its
@@ -170,8 +177,8 @@ def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, l
     done, done_path, seconds = _cached(store, key, noise.device)
     path_sigmas = sigmas.double().cpu() if path else None
     if done is not None and done.shape[0] == noise.shape[0]:
-        return TeacherRun(PairSet(seeds, noise, done, labels, done_path, path_sigmas), True, seconds)
-    inputs = PairSet(seeds, noise, None, labels)
+        return TeacherRun(PairSet(seeds, noise, done, labels, done_path, path_sigmas, guidance), True, seconds)
+    inputs = PairSet(seeds, noise, None, labels, guidance=guidance)
     targets = [] if done is None else [done]
     paths = [] if done_path is None else [done_path]
     first = count = 0 if done is None else done.shape[0]
@@ -208,7 +215,7 @@ def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, l
         save(seconds)
     ranks.barrier()  # the cache is complete before any rank goes on
     return TeacherRun(PairSet(seeds, noise, torch.cat(targets), labels, torch.cat(paths) if path else None,
-                              path_sigmas), False, seconds)
+                              path_sigmas, guidance), False, seconds)
 
 
 def _gathered(ranks, parts: list, done: Optional[torch.Tensor], count: int, batch_size: int, like: torch.Tensor):
