@@ -158,31 +158,30 @@ def ranks_part() -> list:
     return rows
 
 
+def _table_rows(rows: list, keys: tuple, figures) -> list:
+    """Markdown rows: the ``keys`` columns, then ``figures(row)``, or the end of a failed child's error."""
+    return ["| " + " | ".join([str(row[key]) for key in keys]
+                              + ([f"failed: {row['error'][-120:]!r}"] if "error" in row else figures(row))) + " |"
+            for row in rows]
+
+
 def markdown(document: dict) -> str:
     lines = ["# Trainer at scale (bench/trainer_scale.py)", "", f"Measured on {document['machine']}.", "",
              "**Prompt count** (40 pairs taking the prompts in turn, NFE 3, teacher `dpmpp_2m` × 6, 4 iterations, "
              "batch 4; wall times on shared cores):", "",
              "| model | prompts | encodings MiB | setup MiB | peak MiB | work MiB | teacher ms/pair | optimisation s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in document["prompts"]:
-        if "error" in row:
-            lines.append(f"| {row['model']} | {row['prompts']} | failed: {row['error'][-120:]!r} |||||| ")
-            continue
-        lines.append(f"| {row['model']} | {row['prompts']} | {row['encodings_mib']:.1f} | {row['setup_mib']:.0f} | "
-                     f"{row['peak_mib']:.0f} | {row['peak_mib'] - row['setup_mib']:.0f} | "
-                     f"{row['teacher_ms_per_pair']:.1f} | {row['optimisation_s']:.2f} |")
+    lines += _table_rows(document["prompts"], ("model", "prompts"), lambda row: [
+        f"{row['encodings_mib']:.1f}", f"{row['setup_mib']:.0f}", f"{row['peak_mib']:.0f}",
+        f"{row['peak_mib'] - row['setup_mib']:.0f}", f"{row['teacher_ms_per_pair']:.1f}", f"{row['optimisation_s']:.2f}"])
     lines += ["", "**Step against its floor; teacher against plain sampling** (batch 4, micro-batch 1, "
                   "checkpointing; the floor is NFE × 4 guided calls with backward at batch 1; the step time "
                   "includes one held-out check over 8 iterations):", "",
               "| model | grad call ms | step floor ms | step ms | teacher ms/pair | plain sampling ms/image |",
               "|---|---:|---:|---:|---:|---:|"]
-    for row in document["floor"]:
-        if "error" in row:
-            lines.append(f"| {row['model']} | failed: {row['error'][-120:]!r} |||||")
-            continue
-        lines.append(f"| {row['model']} | {row['grad_call_ms']:.1f} | {row['step_floor_ms']:.1f} | "
-                     f"{row['step_ms_with_one_check']:.1f} | {row['teacher_ms_per_pair']:.1f} | "
-                     f"{row['plain_ms_per_image']:.1f} |")
+    lines += _table_rows(document["floor"], ("model",), lambda row: [
+        f"{row[key]:.1f}" for key in ("grad_call_ms", "step_floor_ms", "step_ms_with_one_check", "teacher_ms_per_pair",
+                                      "plain_ms_per_image")])
     lines += ["", "**Ranks** (toy mixture, 256 pairs, 200 iterations, CPU, gloo; same Φ):", "",
               "| ranks | wall s | exit |", "|---:|---:|---:|"]
     lines += [f"| {row['ranks']} | {row['seconds']:.1f} | {row['exit']} |" for row in document["ranks"]]
