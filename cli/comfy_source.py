@@ -21,6 +21,7 @@ overwrite) without it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -48,13 +49,18 @@ def add_arguments(group) -> None:
                        help="how ComfyUI combines the text encoders, as in its CLIP loaders: flux, sd3, "
                             "stable_diffusion, … (any of the host's CLIPType names, lower case)")
     group.add_argument("--prompts", type=Path, metavar="FILE",
-                       help="training prompts, one per line (blank lines ignored); pairs take them in turn")
+                       help="training prompts: a .txt file, one per line (blank lines ignored), or a .jsonl file with a "
+                            "\"prompt\" (or \"caption\"/\"text\") field per line; pairs take them in turn")
     group.add_argument("--negative", default="", metavar="TEXT", help="the negative prompt (default empty)")
     group.add_argument("--cfg", type=float,
                        help=f"the CFG you sample at (default {DEFAULT_CFG:g}; {DEFAULT_FLUX_CFG:g} for FLUX models)")
     group.add_argument("--guidance", type=float,
                        help="FLUX guidance, set on the prompts' conditioning as the FluxGuidance node does "
                             "(default: the model's, 3.5 for FLUX dev)")
+    group.add_argument("--cfg-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="train one Φ for a CFG range: each pair draws its CFG from [LOW, HIGH] (instead of --cfg)")
+    group.add_argument("--guidance-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="the same for FLUX guidance: each pair draws its guidance from [LOW, HIGH]")
     group.add_argument("--width", type=int, default=512, help="image width of the training latents (default 512)")
     group.add_argument("--height", type=int, default=512, help="image height of the training latents (default 512)")
     group.add_argument("--scheduler", metavar="NAME",
@@ -84,6 +90,7 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
     if arguments.prompts is None:
         raise ValueError("--prompts FILE (one prompt per line) is required for a ComfyUI model")
     prompts = read_prompts(arguments.prompts)
+    cfg_range_record(arguments)
     for side in ("width", "height"):
         if getattr(arguments, side) < 8 or getattr(arguments, side) % 8:
             raise ValueError(f"--{side} must be a positive multiple of 8, got {getattr(arguments, side)}")
@@ -93,15 +100,54 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
         default_out=host / "models" / "dyweight", default_cache_dir=host / "user" / "dyweight" / "teacher-cache")
 
 
+def cfg_range_record(arguments: argparse.Namespace):
+    """The Φ's ``cfg`` range record of ``--cfg-range``/``--guidance-range`` (``None`` without one)."""
+    given = [(kind, getattr(arguments, f"{kind}_range")) for kind in ("cfg", "guidance")
+             if getattr(arguments, f"{kind}_range") is not None]
+    if len(given) > 1:
+        raise ValueError("give --cfg-range or --guidance-range, not both")
+    if arguments.cfg_range is not None and arguments.cfg is not None:
+        raise ValueError("--cfg-range replaces --cfg: give one of them")
+    if not given:
+        return None
+    kind, (low, high) = given[0]
+    if not 0 <= low <= high:
+        raise ValueError(f"--{kind}-range LOW HIGH needs 0 ≤ LOW ≤ HIGH, got {low:g} {high:g}")
+    return {"kind": kind, "min": low, "max": high}
+
+
+#: The caption field of a ``.jsonl`` prompt file, first found wins (the release's COCO files use ``prompt``).
+CAPTION_FIELDS = ("prompt", "caption", "text")
+
+
 def read_prompts(path: Path) -> list:
+    """The prompts of a ``.txt`` file (one per line, blank lines ignored) or a ``.jsonl`` file (one JSON
+    object per line with a :data:`CAPTION_FIELDS` string, as the release's ``train2014_N5000.jsonl``)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise ValueError(f"cannot read --prompts {path}: {error.strerror or error}") from None
-    prompts = [line.strip() for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read --prompts {path}: {getattr(error, 'strerror', None) or error}") from None
+    if Path(path).suffix.lower() == ".jsonl":
+        prompts = [_caption(line, number, path) for number, line in enumerate(lines, 1) if line.strip()]
+    else:
+        prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError(f"--prompts {path} has no prompts (one per line)")
     return prompts
+
+
+def _caption(line: str, number: int, path: Path) -> str:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--prompts {path}, line {number}: not JSON ({error.msg}); a .jsonl file holds one "
+                         f'object per line, e.g. {{"prompt": "a photo of a cat"}}') from None
+    fields = [entry.get(field) for field in CAPTION_FIELDS] if isinstance(entry, dict) else []
+    caption = next((value for value in fields if isinstance(value, str) and value.strip()), None)
+    if caption is None:
+        raise ValueError(f"--prompts {path}, line {number}: no caption; each line needs a non-empty string "
+                         f"field {' or '.join(repr(field) for field in CAPTION_FIELDS)}")
+    return caption.strip()
 
 
 def open_source(arguments: argparse.Namespace, host: Path, prompts: list, body):
@@ -129,13 +175,19 @@ def open_source(arguments: argparse.Namespace, host: Path, prompts: list, body):
 
     if arguments.guidance is not None:
         positives = [training_target.with_guidance(positive, arguments.guidance) for positive in positives]
+    cfg_range = cfg_range_record(arguments)
     target = training_target.ComfyTarget(model, [(positive, negative) for positive in positives], cfg,
-                                       training_target.latent_shape(model, arguments.width, arguments.height), scheduler)
+                                       training_target.latent_shape(model, arguments.width, arguments.height), scheduler,
+                                       cfg_range)
     defaults = training_target.COMFY_DEFAULTS
     teacher = arguments.teacher or defaults["teacher"]
     teacher_steps = arguments.teacher_steps or defaults["teacher_steps"]
     pairs = arguments.pairs or defaults["pairs"]
-    print(f"train: {model_file.name}: {facts.family} ({facts.prediction}), {len(prompts)} prompt(s), CFG {cfg:g}"
+    described_cfg = f"CFG {cfg:g}" if cfg_range is None or cfg_range["kind"] != "cfg" else \
+        f"CFG {cfg_range['min']:g}–{cfg_range['max']:g}"
+    if cfg_range is not None and cfg_range["kind"] == "guidance":
+        described_cfg += f", guidance {cfg_range['min']:g}–{cfg_range['max']:g}"
+    print(f"train: {model_file.name}: {facts.family} ({facts.prediction}), {len(prompts)} prompt(s), {described_cfg}"
           f"{'' if arguments.guidance is None else f', guidance {arguments.guidance:g}'}, "
           f"{arguments.width}×{arguments.height}, scheduler {target.schedule_name()}, teacher {teacher} × "
           f"{teacher_steps} steps, {pairs} pairs", file=sys.stderr)

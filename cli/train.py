@@ -9,6 +9,11 @@ into ``--out`` (a source may give a default: ``<ComfyUI>/models/dyweight`` for a
 refuses to overwrite them without ``--force``. Ctrl-C saves a resumable state (in ``--state-dir``, by
 default ``<out>/.dyweight-state/<name>``) and ``--resume`` continues it.
 
+    torchrun --nproc-per-node 2 -m comfyui_dyweight train --toy gmm --out runs/toy
+
+runs one distillation on several processes (:mod:`~comfyui_dyweight.trainer.distributed`): the same Φ
+as one process, up to float rounding; rank 0 writes the files.
+
 Model sources are :class:`~comfyui_dyweight.cli.sources.SourceSpec` entries of :data:`SOURCES`;
 exactly one must be chosen on the command line. A source is opened (``source.open(body)``) around the
 distillation, so a model that only exists inside a context (ComfyUI's) is trained the same way.
@@ -20,6 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..trainer import distributed
 from ..trainer.config import DistillConfig
 from ..trainer.distill import distill
 from ..trainer.progress import TrainingInterrupted
@@ -118,6 +124,8 @@ def run(arguments: argparse.Namespace) -> int:
         return 2
     state_dir = arguments.state_dir or out / ".dyweight-state" / name
     cache_dir = arguments.cache_dir or source.default_cache_dir
+    distributed.ranks()  # under torchrun: join the group (and take this rank's GPU) before a model loads
+    distributed.interrupt_on_terminate()
     try:
         result = source.open(lambda live: _distill(live, arguments, state_dir, cache_dir))
     except TrainingInterrupted as stop:
@@ -126,6 +134,8 @@ def run(arguments: argparse.Namespace) -> int:
     except ValueError as error:  # options that only the loaded model can check (scheduler, files, …)
         print(f"train: {error}", file=sys.stderr)
         return 2
+    if not distributed.ranks().main:  # torchrun: rank 0 writes the files and the report
+        return 0
     if result.timings.get("teacher_cache_hit"):
         print(f"teacher pairs: reused from the cache in {cache_dir or state_dir}")
     for nfe, phi in result.coefficients.items():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -63,6 +63,22 @@ def _positive_number(value: Any) -> bool:
     return _finite_number(value) and value > 0
 
 
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+#: What a CFG range applies to: the CFG scale, or FLUX's guidance embedding (set on the conditioning).
+CFG_RANGE_KINDS = ("cfg", "guidance")
+
+
+def _validate_cfg_range(record: dict) -> None:
+    """``{"kind": "cfg" | "guidance", "min": a, "max": b}``, 0 ≤ a ≤ b: a Φ trained over that range."""
+    if set(record) != {"kind", "min", "max"} or record["kind"] not in CFG_RANGE_KINDS \
+            or not (_non_negative(record["min"]) and _non_negative(record["max"])) or record["min"] > record["max"]:
+        raise CoefficientError(f"a cfg range must be {{'kind': 'cfg' or 'guidance', 'min': a, 'max': b}} with "
+                               f"0 ≤ a ≤ b, got {record!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Coefficients:
     """A DyWeight solver: W ∈ ℝ^{N×K}, s ∈ ℝ^N, flags, and the facts of the model it was made for.
@@ -84,7 +100,7 @@ class Coefficients:
     model_family: Optional[str] = None
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
-    cfg: Optional[float] = None
+    cfg: Union[float, dict, None] = None  # a number, or a range record (see _validate_cfg_range)
     training: dict = dataclasses.field(default_factory=dict)
     solver: str = "dyweight"
     combine: str = "gradient"
@@ -96,6 +112,7 @@ class Coefficients:
         object.__setattr__(self, "schedule", validate_schedule(self.schedule))
         object.__setattr__(self, "training", copy.deepcopy(self.training))
         object.__setattr__(self, "source", copy.deepcopy(self.source))
+        object.__setattr__(self, "cfg", copy.deepcopy(self.cfg))
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -150,7 +167,9 @@ class Coefficients:
             raise CoefficientError("an 'explicit' schedule needs the base grid in 'sigmas'")
         for name in ("sigma_min", "sigma_max", "cfg"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if name == "cfg" and isinstance(value, dict):
+                _validate_cfg_range(value)
+            elif value is not None and not _non_negative(value):
                 raise CoefficientError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.schedule["kind"] == "edm" and (self.sigma_min is None or self.sigma_max is None):
             raise CoefficientError("an 'edm' schedule needs sigma_min and sigma_max")
@@ -260,7 +279,9 @@ class Coefficients:
         if self.source:
             lines.append("from " + ", ".join(str(self.source[k]) for k in ("repository", "commit", "file", "licence")
                                              if self.source.get(k)))
-        if self.cfg is not None:
+        if isinstance(self.cfg, dict):
+            lines.append(f"{self.cfg['kind']} {self.cfg['min']:g}–{self.cfg['max']:g}")
+        elif self.cfg is not None:
             lines.append(f"CFG/guidance {self.cfg:g}")
         record = self.training
         if record.get("initialiser") and not record.get("iterations"):

@@ -2,9 +2,9 @@
 
 Every model call the trainer makes — student, teacher and baselines — goes through the same code a
 KSampler runs: the guider with CFG, LoRAs and model patches, and the ModelSamplingFlux/Discrete shift.
-To get that denoiser outside a sampler, each prompt opens a real sampling call
-(``comfy.sample.sample_custom``) whose sampler function captures the guided model; the calls are nested
-so that all prompts' denoisers are live at once, and the training runs inside the innermost one.
+Each guided model call is one real sampling call (``comfy.sample.sample_custom``) for the prompt
+of those rows, whose sampler function makes that one call: only the current batch's prompts are
+live in ComfyUI at a time, so the prompt count costs no more than the prompts' encodings.
 The teacher and baselines are ComfyUI's own sampler functions, looked up by name.
 
 The trainer core never imports ``comfy``; this module is its one door into ComfyUI.
@@ -13,9 +13,11 @@ The trainer core never imports ``comfy``; this module is its one door into Comfy
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import types
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -49,6 +51,9 @@ class ComfyTarget:
     cfg: float
     latent_shape: tuple  # (channels, height, width) of one latent
     scheduler: Optional[str] = None  # default: the model's (model_scheduler: karras, simple for flow, …)
+    #: ``{"kind": "cfg" | "guidance", "min": a, "max": b}``: each pair draws its CFG (or FLUX guidance,
+    #: set on the positive conditioning) from [a, b] instead of using ``cfg`` (a Φ's ``cfg`` range record).
+    cfg_range: Optional[dict] = None
 
     def facts(self) -> ModelFacts:
         return facts_from_patcher(self.model)
@@ -72,56 +77,79 @@ class SamplerModel:
 
 
 class GroupedDenoiser:
-    """``denoise(x, σ, condition=labels)``: each row through the denoiser of its prompt."""
+    """``denoise(x, σ, condition=labels, guidance=values)``: the rows of each (label, guidance) through
+    ``denoise_prompt(label, rows, σ, guidance)`` (guidance ``None`` when the pairs carry none)."""
 
-    def __init__(self, per_prompt: Sequence[Callable]):
-        self.per_prompt = list(per_prompt)
+    def __init__(self, denoise_prompt: Callable, prompts: int):
+        self.denoise_prompt, self.prompts = denoise_prompt, prompts
 
-    def __call__(self, x, sigma, condition=None):
-        if condition is None:
-            if len(self.per_prompt) != 1:
-                raise ValueError("several prompts need the condition labels of the batch")
-            return self.per_prompt[0](x, sigma)
+    def __call__(self, x, sigma, condition=None, guidance=None):
+        if condition is None and self.prompts != 1:
+            raise ValueError("several prompts need the condition labels of the batch")
+        labels = [0] * x.shape[0] if condition is None else condition.tolist()
+        values = [None] * x.shape[0] if guidance is None else guidance.tolist()
+        groups: dict = {}
+        for row, key in enumerate(zip(labels, values)):
+            groups.setdefault(key, []).append(row)
+        if len(groups) == 1:
+            return self.denoise_prompt(labels[0], x, sigma, values[0])
         out = None
-        for label in condition.unique().tolist():
-            rows = (condition == label).nonzero().flatten().to(x.device)
-            denoised = self.per_prompt[label](x.index_select(0, rows), sigma)
+        for (label, value), rows in groups.items():
+            rows = torch.tensor(rows, device=x.device)
+            denoised = self.denoise_prompt(label, x.index_select(0, rows), sigma, value)
             out = denoised.new_zeros(x.shape) if out is None else out
             out = out.index_copy(0, rows, denoised)
         return out
 
 
-def with_comfy_denoisers(target: ComfyTarget, body: Callable):
-    """``body(denoise, inner_model)`` with every prompt's guided denoiser live (see module docstring).
+def guided_call(target: "ComfyTarget", index: int, x: torch.Tensor, sigma: torch.Tensor,
+                guidance: Optional[float] = None) -> torch.Tensor:
+    """x0 of prompt ``index`` at σ for the batch ``x``: one real ComfyUI sampling call
+    (``comfy.sample.sample_custom``) whose sampler function makes exactly one guided model call.
 
-    ``denoise(x, σ, condition=labels)`` routes rows to their prompt; ``inner_model`` is the guider that
-    ComfyUI's sampler functions may look into.
+    Only this prompt's conditioning is live in ComfyUI, and only during the call; the output keeps
+    its autograd graph to ``x`` (the sampler returns its own noise untouched). ``guidance`` replaces
+    the CFG, or sets FLUX guidance on the positive conditioning, as ``target.cfg_range`` says.
     """
-    facts = target.facts()
-    probe = torch.zeros((1, *target.latent_shape))
-    probe_sigmas = torch.tensor([facts.sigma_max, 0.0])
-    denoisers, inner_models = [], []
+    positive, negative = target.conditionings[index]
+    cfg = target.cfg
+    if guidance is not None and target.cfg_range["kind"] == "cfg":
+        cfg = guidance
+    elif guidance is not None:
+        positive = with_guidance(positive, guidance)
+    denoised = []
 
-    def open_context(index: int):
-        if index == len(target.conditionings):
-            return body(GroupedDenoiser(denoisers), inner_models[0])
-        positive, negative = target.conditionings[index]
-        inner_result = []
+    def call_once(model, noise, sigmas, extra_args=None, callback=None, disable=None):
+        denoised.append(model(x.to(noise.device), sigma * noise.new_ones([x.shape[0]]), **(extra_args or {})))
+        return noise
 
-        def capture(model, x, sigmas, extra_args=None, callback=None, disable=None):
-            arguments = dict(extra_args or {})
-            denoisers.append(lambda latent, sigma: model(latent, sigma * latent.new_ones([latent.shape[0]]),
-                                                         **arguments))
-            inner_models.append(model.inner_model)
-            inner_result.append(open_context(index + 1))
-            return x
+    empty = torch.zeros(x.shape, dtype=torch.float32)
+    sigmas = torch.stack([torch.as_tensor(sigma).detach().float().cpu().reshape(()), torch.tensor(0.0)])
+    comfy.sample.sample_custom(target.model, empty, cfg, comfy.samplers.KSAMPLER(call_once), sigmas,
+                               positive, negative, empty, disable_pbar=True)
+    return denoised[0]
 
-        comfy.sample.sample_custom(target.model, probe, target.cfg, comfy.samplers.KSAMPLER(capture), probe_sigmas,
-                                   positive, negative, probe.clone(), disable_pbar=True)
-        return inner_result[0]
 
+class SamplerHost:
+    """The ``inner_model`` that ComfyUI's sampler functions look into for the model sampling (the
+    CONST check, ``noise_scaling`` of the ancestral ones, ``model_patcher.get_model_object``), without a
+    live sampling call: its patched ``model_sampling`` and its ModelPatcher."""
+
+    def __init__(self, model_patcher, model_sampling):
+        self.model_patcher = model_patcher
+        self.inner_model = types.SimpleNamespace(model_sampling=model_sampling)
+
+
+def with_comfy_denoisers(target: ComfyTarget, body: Callable):
+    """``body(denoise, inner_model)`` with the guided denoiser of every prompt.
+
+    ``denoise(x, σ, condition=labels)`` routes the rows of each prompt to one ComfyUI sampling call
+    for that prompt (:func:`guided_call`), so any number of prompts costs only their encodings;
+    ``inner_model`` is what ComfyUI's sampler functions may look into (:class:`SamplerHost`).
+    """
+    denoise = GroupedDenoiser(functools.partial(guided_call, target), len(target.conditionings))
     with torch.inference_mode(False), torch.enable_grad():
-        return open_context(0)
+        return body(denoise, SamplerHost(target.model, target.facts().model_sampling))
 
 
 def make_weights_differentiable(module: torch.nn.Module) -> int:
@@ -271,6 +299,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, bas
     cache_key = {
         "model": model_identity(target.model), "conditioning": conditioning_identity(target.conditionings),
         "cfg": target.cfg, "latent_shape": list(target.latent_shape), "scheduler": scheduler, "seed": seed,
+        **({} if target.cfg_range is None else {"cfg_range": target.cfg_range}),
     }
     training = {"base_model": base_model or f"{facts.family} {cache_key['model']['weights']}",
                 "base_model_hash": cache_key["model"]["weights"], "patches_hash": cache_key["model"]["patches"],
@@ -279,7 +308,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, bas
                 **{key: value for key, value in (record or {}).items() if value is not None}}
     phi_fields = {"schedule": {"kind": "comfy", "scheduler": scheduler}, "prediction": facts.prediction,
                   "model_family": facts.family, "sigma_min": facts.sigma_min, "sigma_max": facts.sigma_max,
-                  "cfg": target.cfg, "training": training}
+                  "cfg": target.cfg if target.cfg_range is None else dict(target.cfg_range), "training": training}
 
     def live(denoise, inner_model):
         replaced = make_weights_differentiable(target.model.model)
@@ -288,6 +317,7 @@ def open_comfy_source(target: ComfyTarget, body: Callable, *, seed: int = 0, bas
         return body(ModelSource(
             denoise, comfy_noise(target, facts, seed), lambda steps: comfy_sigmas(facts.model_sampling, scheduler, steps),
             name=name, cache_key=cache_key, phi_fields=phi_fields, conditions=range(len(target.conditionings)),
+            guidance=None if target.cfg_range is None else (target.cfg_range["min"], target.cfg_range["max"]),
             teachers=lambda teacher: comfy_sampler(teacher, inner_model),
             baselines=comfy_baselines(facts, scheduler, inner_model),
             defaults={**COMFY_DEFAULTS, "divisor": "net_sigma" if facts.prediction == "flow" else "sigma"}))

@@ -83,6 +83,20 @@ def without_afs_below_sigma_max(phi: Coefficients, sigmas, facts) -> Coefficient
     return phi
 
 
+def warn_outside_cfg_range(phi: Coefficients, model, extra_args: dict) -> None:
+    """A Φ trained for a CFG range (``cfg`` range record) warns when sampled at a CFG outside it.
+
+    The CFG is the guider's (current hosts) or the ``cond_scale`` sampling argument (2024 hosts).
+    """
+    trained = phi.cfg
+    if not isinstance(trained, dict) or trained["kind"] != "cfg":
+        return
+    cfg = getattr(getattr(model, "inner_model", None), "cfg", extra_args.get("cond_scale"))
+    if isinstance(cfg, (int, float)) and not trained["min"] - 1e-6 <= cfg <= trained["max"] + 1e-6:
+        LOG.warning("DyWeight: sampling at CFG %g, outside the range %g–%g this Φ was trained for; expect a "
+                    "larger error (train for this CFG, or a range that holds it)", cfg, trained["min"], trained["max"])
+
+
 @torch.no_grad()
 def sample_dyweight(model, x, sigmas, extra_args=None, callback=None, disable=None, coefficients=None):
     """Sample with Φ = ``coefficients``, or with the preset for this model and ``len(sigmas) − 1`` steps."""
@@ -91,6 +105,7 @@ def sample_dyweight(model, x, sigmas, extra_args=None, callback=None, disable=No
     if coefficients is None:
         coefficients, sigmas = coefficients_for_sigmas(facts, sigmas)
     phi = without_afs_below_sigma_max(bind_to_model(coefficients, facts), sigmas, facts)
+    warn_outside_cfg_range(phi, model, extra_args)
     s_in = x.new_ones([x.shape[0]])
 
     def denoise(latent, sigma):

@@ -180,3 +180,19 @@ def test_invalid_coefficients_are_refused_in_memory(change, words):
     fields.update(change)
     with pytest.raises(CoefficientError, match=words):
         Coefficients(**fields)
+
+
+def test_a_cfg_range_record_round_trips_and_a_bad_one_is_refused(tmp_path):
+    import dataclasses
+
+    from comfyui_dyweight.coefficients import CoefficientError, adams_bashforth
+
+    record = {"kind": "guidance", "min": 2.5, "max": 4.0}
+    phi = dataclasses.replace(adams_bashforth(3), cfg=record)
+    phi.save(tmp_path / "ranged.safetensors")
+    assert Coefficients.load(tmp_path / "ranged.safetensors").cfg == record
+    assert "guidance 2.5–4" in phi.summary()
+    for bad in [{"kind": "cfg", "min": 5.0, "max": 2.0}, {"kind": "scale", "min": 1.0, "max": 2.0},
+                {"kind": "cfg", "min": -1.0, "max": 2.0}, {"kind": "cfg", "min": 1.0}]:
+        with pytest.raises(CoefficientError, match="cfg range"):
+            dataclasses.replace(phi, cfg=bad)

@@ -60,6 +60,45 @@ def test_adapter_distils_a_phi_that_beats_its_initialisation_and_samples(adapter
     assert again.timings["teacher_cache_hit"]
 
 
+def test_each_row_is_denoised_under_its_own_prompt_as_a_stock_sampler_does(adapter, inference_mode_model):
+    """The trainer's denoiser on a batch mixing three prompts, row by row against the stock sampling
+    path: one Euler step to σ = 0 (``sample_custom``) returns the guided x0 of its prompt; with a CFG
+    range each row takes its own CFG."""
+    import comfy.sample
+    import comfy.samplers
+
+    conditionings = [comfy_host.tiny_sd15_conditioning(batch=1, seed=seed) for seed in (1, 2, 3)]
+    target = adapter.ComfyTarget(inference_mode_model, conditionings, cfg=4.0, latent_shape=(4, 8, 8),
+                                 cfg_range={"kind": "cfg", "min": 1.0, "max": 8.0})
+    labels, guidance = torch.tensor([2, 0, 1, 2]), torch.tensor([1.5, 4.0, 8.0, 1.5], dtype=torch.float64)
+    unit = torch.randn((4, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    sigma = torch.tensor(3.0)
+
+    def body(denoise, _):
+        with torch.no_grad():  # the model's weights are inference tensors (as the loader nodes make them)
+            return denoise(sigma * unit, sigma, condition=labels, guidance=guidance)
+
+    ours = adapter.with_comfy_denoisers(target, body)
+    for row, label in enumerate(labels.tolist()):
+        positive, negative = conditionings[label]
+        stock = comfy.sample.sample_custom(inference_mode_model, unit[row:row + 1], float(guidance[row]),
+                                           comfy.samplers.sampler_object("euler"), torch.stack([sigma, sigma * 0]),
+                                           positive, negative, torch.zeros_like(unit[:1]), disable_pbar=True)
+        expected = inference_mode_model.model.process_latent_in(stock)
+        assert torch.allclose(ours[row:row + 1], expected, atol=1e-5), (row, label)
+    assert not torch.allclose(ours[0], ours[3])  # same prompt, other noise: the rows were not mixed up
+
+
+def test_a_cfg_range_trains_one_phi_that_records_it_and_reports_its_ends(adapter, inference_mode_model, tmp_path):
+    target = two_prompt_target(adapter, inference_mode_model)
+    target.cfg_range = {"kind": "cfg", "min": 2.0, "max": 5.0}
+    result = adapter.distill_for_comfy(target, cache_dir=tmp_path, progress=lambda event: None, nfe=[3],
+                                       **{**SMALL, "iterations": 3})
+    assert result.coefficients[3].cfg == {"kind": "cfg", "min": 2.0, "max": 5.0}
+    assert 2.0 <= float(result.pairs.guidance.min()) < float(result.pairs.guidance.max()) <= 5.0
+    assert [point["guidance"] for point in result.table[0]["guidance"]] == [2.0, 3.5, 5.0]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(host, tmp_path_factory):
     """The tiny real checkpoint, loaded the way CheckpointLoaderSimple loads it (inference mode)."""

@@ -233,3 +233,12 @@ def test_load_node_reads_files_and_reports_bad_ones(dw, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a DyWeight coefficient file"):
         node().load("../../etc/passwd")
     assert node.IS_CHANGED("mine-nfe6.safetensors") != node.IS_CHANGED("shipped/adams_bashforth/ab-nfe5.safetensors")
+
+
+def test_a_phi_for_a_cfg_range_warns_only_outside_it(dw, tiny_sd15, conditioning, caplog):
+    ranged = dataclasses.replace(adams_bashforth(3, prediction="eps"), cfg={"kind": "cfg", "min": 2.0, "max": 6.0})
+    for cfg, warned in [(2.0, False), (4.5, False), (6.0, False), (1.5, True), (7.0, True)]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="comfyui_dyweight"):
+            ksampler_dyweight(dw, tiny_sd15, conditioning, steps="3", cfg=cfg, coefficients=ranged)
+        assert ("outside the range 2–6" in caplog.text) == warned, (cfg, caplog.text)

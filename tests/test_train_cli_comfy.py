@@ -206,3 +206,43 @@ def test_prompts_are_encoded_and_guided_exactly_as_the_stock_nodes_do(workspace)
     guided, reference = with_guidance(ours, 2.5), node_helpers.conditioning_set_values(ours, {"guidance": 2.5})
     assert guided[0][1] == {**ours[0][1], "guidance": 2.5} and guided[0][1].keys() == reference[0][1].keys()
     assert guided[0][0] is reference[0][0] and "guidance" not in ours[0][1]
+
+
+def test_prompt_files_read_txt_and_the_releases_jsonl_and_name_a_bad_line(tmp_path, capsys):
+    from comfyui_dyweight.cli.comfy_source import read_prompts
+
+    (tmp_path / "p.txt").write_text(PROMPTS, encoding="utf-8")
+    assert read_prompts(tmp_path / "p.txt") == ["a photo of a cat", "a watercolour landscape"]
+    lines = ['{"prompt": "A remote control toilet and sink in the back."}', "",
+             '{"caption": "  a dog on a skateboard "}', '{"text": "a red bus", "id": 3}']
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert read_prompts(tmp_path / "p.jsonl") == ["A remote control toilet and sink in the back.",
+                                                  "a dog on a skateboard", "a red bus"]
+    folder = tmp_path / "ComfyUI"
+    (folder / "comfy").mkdir(parents=True)
+    (folder / "folder_paths.py").touch()
+    for bad, message in [('{"prompt": "ok"}\n{"prompt": "ok"\n', "line 2: not JSON"),
+                         ('{"prompt": "ok"}\n\n{"title": "no caption"}\n', "line 3: no caption"),
+                         ('["a list"]\n', "line 1: no caption")]:
+        (tmp_path / "bad.jsonl").write_text(bad, encoding="utf-8")
+        assert main(["train", "--comfyui", str(folder), "--checkpoint", "x.safetensors",
+                     "--prompts", str(tmp_path / "bad.jsonl")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_three_hundred_prompts_train_in_one_process(workspace):
+    """All 300 prompts are encoded and handed to the trainer (the earlier adapter nested one sampling
+    call per prompt and died of recursion from about 120); a few pairs keep the teacher short, twelve
+    prompts in one sampling batch. The tiny checkpoint's text encoder is a full CLIP-L: encoding the
+    300 prompts takes a few minutes on one CPU thread."""
+    prompts = workspace.root / "many.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"photo number {index} of a cat"}) + "\n"
+                               for index in range(300)), encoding="utf-8")
+    out = workspace.root / "many"
+    done = train(workspace, "--checkpoint", str(workspace.checkpoint), "--prompts", str(prompts), "--pairs", "12",
+                 "--teacher-steps", "4", "--iterations", "2", "--batch-size", "4", "--sampling-batch-size", "12",
+                 "--out", str(out), "--name", "many", "--state-dir", str(out / "state"), timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    phi = Coefficients.load(out / "many-nfe3.safetensors")
+    assert len(phi.training["prompts"]) == 300 and phi.training["prompts"][299] == "photo number 299 of a cat"
+    assert "300 prompt(s)" in done.stderr and phi.training["pairs"] == 12

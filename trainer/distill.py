@@ -17,9 +17,10 @@ from typing import Callable, Optional
 import torch
 
 from ..coefficients import Coefficients, euler, initial_coefficients
-from . import optimise
+from . import distributed, optimise
 from .config import DistillConfig
 from .pairs import PairSet, TeacherRun, cache_path, draw_noise, pairs_key, teacher_pairs
+from .guidance import EndsReport, draw_guidance
 from .progress import Reporter, TrainingInterrupted
 from .result import DistillResult, family_row, history, trained_phi
 from .source import ModelSource
@@ -69,7 +70,7 @@ def distill(model: ModelSource, config: DistillConfig = DistillConfig(), *, cach
     if trained_here:
         raise ValueError(f"phi_fields may not set {trained_here}: the trainer sets them (use DistillConfig)")
     run = _Distillation(model, config, state_dir=None if state_dir is None else Path(state_dir),
-                        reporter=Reporter(progress))
+                        reporter=distributed.reporter(progress))
     with torch.inference_mode(False):
         return run.execute(cache_dir, resume)
 
@@ -79,7 +80,7 @@ def teacher_pairs_for(model: ModelSource, config: DistillConfig, *, cache_dir=No
     """The teacher pairs :func:`distill` uses for ``model`` and ``config``: read from ``cache_dir`` or
     generated (and cached there, under the key :func:`distill` looks for, so it never runs the teacher
     for them again)."""
-    run = _Distillation(model, config, state_dir=None, reporter=Reporter(progress))
+    run = _Distillation(model, config, state_dir=None, reporter=distributed.reporter(progress))
     with torch.inference_mode(False):
         return run.run_teacher(run.plan_pairs(cache_dir))
 
@@ -97,6 +98,7 @@ class _Distillation:
     resume_key: dict = dataclasses.field(default_factory=dict)
     teacher_run: Optional[TeacherRun] = None
     validation_index: Optional[torch.Tensor] = None
+    guidance_report: Optional[EndsReport] = None
     teacher: Teacher = dataclasses.field(init=False)
     baselines: dict = dataclasses.field(init=False)
     baseline_figures: dict = dataclasses.field(default_factory=dict)  # NFE → the baselines' held-out RMSE
@@ -122,25 +124,30 @@ class _Distillation:
                 for family in self.config.families:
                     self._train(family, nfe, pairs.subset(train_index), pairs.subset(self.validation_index))
                 self.reporter.done(nfe, self._table_row(nfe))
-        except (KeyboardInterrupt, TrainingInterrupted):
+        except (KeyboardInterrupt, TrainingInterrupted, distributed.RankFailed) as stop:
             path = self._save_state() if self.state_dir is not None else None
             where = f"state saved to {path}; resume=True continues" if path else "no state_dir: nothing saved"
-            raise TrainingInterrupted(f"training interrupted ({where})", result=self._result(path),
+            why = f"{stop}; " if isinstance(stop, distributed.RankFailed) else ""
+            raise TrainingInterrupted(f"training interrupted ({why}{where})", result=self._result(path),
                                       state_path=path) from None
         return self._result(None if self.state_dir is None else state_path(self.state_dir))
 
     def plan_pairs(self, cache_dir) -> "_PairsPlan":
         """The pairs' inputs (noise, seeds, labels), the teacher's grid, the cache key and file."""
         latents, seeds, labels = draw_noise(self.model.noise, self.config.pairs, self.model.conditions)
+        guidance = draw_guidance(self.model.guidance, len(latents))
         sigmas = self._checked_grid(self.config.teacher_steps, "the teacher")
-        key = pairs_key(self.model.cache_key, self.teacher, sigmas, latents, labels, path=self.needs_path)
-        return _PairsPlan(PairSet(seeds, latents, None, labels), sigmas, key, self._pairs_store(cache_dir, key))
+        key = pairs_key(self.model.cache_key, self.teacher, sigmas, latents, labels, path=self.needs_path,
+                        guidance=guidance)
+        return _PairsPlan(PairSet(seeds, latents, None, labels, guidance=guidance), sigmas, key,
+                          self._pairs_store(cache_dir, key))
 
     def run_teacher(self, plan: "_PairsPlan") -> TeacherRun:
         """The pairs of ``plan``: from its cache file, or the teacher run from its noise."""
         inputs = plan.inputs
         return teacher_pairs(self.model.denoise, inputs.noise, inputs.seeds, inputs.labels, self.teacher, plan.sigmas,
-                             self.config.sampling_batch, plan.key, plan.store, self.reporter, path=self.needs_path)
+                             self.config.sampling_batch, plan.key, plan.store, self.reporter, path=self.needs_path,
+                             guidance=inputs.guidance)
 
     @property
     def needs_path(self) -> bool:
@@ -160,6 +167,11 @@ class _Distillation:
             run.notes.append(f"{family} NFE {nfe}: training did not improve the held-out RMSE of the "
                              f"initialisation ({run.init_rmse:.4g}); returned the initialisation")
         run.row = family_row(run, self._baseline_rmse(nfe, validation_pairs, run.notes))
+        if self.model.guidance is not None:  # the range's ends and middle (see .guidance)
+            student = self._student(family, template)
+            phis = {"rmse": dataclasses.replace(template, **run.best), "init": template}
+            run.row["guidance"] = self._guidance_report().row(
+                validation_pairs, {name: (phi, optimise.evaluation_grid(student, phi)) for name, phi in phis.items()})
         self._commit(run.snapshot(), True)
 
     def _student(self, family: str, template: Coefficients, state: Optional[dict] = None):
@@ -188,6 +200,8 @@ class _Distillation:
             self._save_state()
 
     def _save_state(self) -> Path:
+        if not distributed.ranks().main:  # every rank holds the same state; rank 0 writes it
+            return state_path(self.state_dir)
         return save_state(self.state_dir, self.resume_key, self.runs)
 
     # --- pieces ------------------------------------------------------------------------------
@@ -237,6 +251,13 @@ class _Distillation:
             self.notes.append("cache_dir was given but the model has no cache_key: the pairs were not cached (a "
                               "key naming the model and its settings is needed to reuse them safely)")
         return None if self.state_dir is None else cache_path(self.state_dir, key)
+
+    def _guidance_report(self) -> EndsReport:
+        if self.guidance_report is None:
+            self.guidance_report = EndsReport(self.model.guidance, self.model.denoise, self.teacher,
+                                              self._checked_grid(self.config.teacher_steps, "the teacher"),
+                                              self.config.sampling_batch, self.reporter)
+        return self.guidance_report
 
     def _baseline_rmse(self, nfe: int, pairs: PairSet, notes: list) -> dict:
         """The baselines' held-out RMSE at ``nfe`` (computed once per NFE, whatever the families)."""

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from ..coefficients import Coefficients, CoefficientError, SamplingError, dyweight_sample
+from . import distributed
 from .config import DistillConfig
 from .pairs import PairSet
 from .progress import Reporter
@@ -54,14 +55,32 @@ def batch_indices(config: DistillConfig, nfe: int, iteration: int, count: int) -
 @torch.no_grad()
 def held_out_rmse(solve: Callable, denoise: Callable, pairs: PairSet, batch_size: int) -> float:
     """RMSE to the teacher, per latent element, of ``solve(denoise, x_T) -> x0`` over ``pairs``."""
-    squared, count = 0.0, 0
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs.subset(slice(start, start + batch_size))
-        error = solve(batch.bind(denoise), batch.noise) - batch.target
+    ranks = distributed.ranks()
+    starts = range(0, len(pairs), batch_size)
+    mine = {}
+    for index in ranks.share(range(len(starts))):
+        batch = pairs.subset(slice(starts[index], starts[index] + batch_size))
+        try:
+            error = solve(batch.bind(denoise), batch.noise) - batch.target
+        except Exception:
+            if ranks.world == 1:
+                raise
+            mine[index] = [_exact(0.0), _exact(0.0), _exact(1.0)]  # every rank raises below
+            continue
         error = error.to(torch.promote_types(error.dtype, torch.float32))  # float64 stays; half → float32
-        squared += float(error.pow(2).sum())
-        count += error.numel()
+        mine[index] = [_exact(float(error.pow(2).sum())), _exact(error.numel()), _exact(0.0)]
+    squared, count = 0.0, 0
+    for batch_squared, batch_count, failed in ranks.ordered(mine, len(starts), [_exact(0.0)] * 3):
+        if failed:
+            raise RuntimeError("held-out sampling failed on one of the ranks (see its message)")
+        squared += float(batch_squared)
+        count += int(batch_count)
     return math.sqrt(squared / count)
+
+
+def _exact(value: float) -> torch.Tensor:
+    """A Python number as a float64 scalar tensor (no rounding on the way to another rank and back)."""
+    return torch.tensor(value, dtype=torch.float64)
 
 
 def phi_rmse(phi: Coefficients, sigmas: torch.Tensor, denoise: Callable, pairs: PairSet, batch_size: int) -> float:
@@ -127,25 +146,38 @@ def batch_gradients(student, denoise, batch: PairSet, config: DistillConfig) -> 
 
     A micro-batch's mean loss enters with weight (its size / the batch's): every pair has as many
     latent elements as any other, so the weighted sum is the batch mean of Algorithm 1, line 6, and
-    its gradient the batch gradient. Only one micro-batch's graph is alive at a time. Gradients are
-    taken with :func:`torch.autograd.grad` for the student's parameters only, so none are ever built for
+    its gradient the batch gradient. Only one micro-batch's graph is alive at a time. On several ranks
+    each computes its share of the micro-batches, and all are summed in order (:mod:`.distributed`).
+    Gradients are taken with :func:`torch.autograd.grad` for the student's parameters only, so none are ever built for
     (or accumulated into) the model's own parameters.
 
     Raises:
         Diverged: a loss is NaN/Inf, or the update rule refused the Φ.
     """
-    loss, gradients = 0.0, None
-    for start in range(0, len(batch), config.micro_batch):
-        part = batch.subset(slice(start, start + config.micro_batch))
+    ranks = distributed.ranks()
+    starts = range(0, len(batch), config.micro_batch)
+    template = [_exact(0.0), _exact(0.0), *student.parameters]  # loss, failed, gradients
+    mine = {}
+    for index in ranks.share(range(len(starts))):
+        part = batch.subset(slice(starts[index], starts[index] + config.micro_batch))
         try:
             with torch.enable_grad():
                 part_loss = student.loss(denoise, part, config.checkpointing) * (len(part) / len(batch))
                 if not torch.isfinite(part_loss):
                     raise Diverged(f"the loss became {float(part_loss)}")
                 part_gradients = torch.autograd.grad(part_loss, student.parameters)
-        except (CoefficientError, SamplingError) as error:
-            raise Diverged(f"the current Φ is unusable ({error})") from None
-        loss += float(part_loss.detach())
+        except (CoefficientError, SamplingError, Diverged) as error:
+            failure = error if isinstance(error, Diverged) else Diverged(f"the current Φ is unusable ({error})")
+            if ranks.world == 1:
+                raise failure from None
+            mine[index] = [_exact(0.0), _exact(1.0), *(torch.zeros_like(p) for p in student.parameters)]
+            continue
+        mine[index] = [_exact(float(part_loss.detach())), _exact(0.0), *part_gradients]
+    loss, gradients = 0.0, None
+    for part_loss, failed, *part_gradients in ranks.ordered(mine, len(starts), template):
+        if failed:
+            raise Diverged("the loss or the Φ failed on one of the ranks' micro-batches")
+        loss += float(part_loss)
         gradients = part_gradients if gradients is None else [g + p for g, p in zip(gradients, part_gradients)]
     return loss, gradients
 

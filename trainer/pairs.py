@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
+from . import distributed
 from .progress import Reporter
 from .teachers import Teacher
 
@@ -44,8 +45,9 @@ DEFAULT_PAIRS = 256
 @dataclasses.dataclass
 class PairSet:
     """Teacher pairs: per-pair ``seeds`` [P], ``noise`` [P, …] at σ_max, ``target`` [P, …] the teacher's x0
-    (``None`` while it is being generated), optional condition ``labels`` [P] (int64) and, for path
-    supervision, the teacher's states ``path`` [P, M+1, …] (CPU) at its grid ``path_sigmas`` [M+1]."""
+    (``None`` while it is being generated), optional condition ``labels`` [P] (int64), for path
+    supervision the teacher's states ``path`` [P, M+1, …] (CPU) at its grid ``path_sigmas`` [M+1], and
+    optional ``guidance`` [P] (float64: the CFG or FLUX guidance of each pair, drawn from a range)."""
 
     seeds: torch.Tensor
     noise: torch.Tensor
@@ -53,6 +55,7 @@ class PairSet:
     labels: Optional[torch.Tensor] = None
     path: Optional[torch.Tensor] = None
     path_sigmas: Optional[torch.Tensor] = None
+    guidance: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.noise.shape[0]
@@ -65,11 +68,14 @@ class PairSet:
             return tensor[index.to(tensor.device) if isinstance(index, torch.Tensor) else index]
 
         return PairSet(self.seeds[index], self.noise[index], pick(self.target), pick(self.labels), pick(self.path),
-                       self.path_sigmas)
+                       self.path_sigmas, pick(self.guidance))
 
     def bind(self, denoise: Callable) -> Callable:
-        """``denoise`` for these pairs: ``denoise(x, σ)``, or ``denoise(x, σ, condition=labels)`` with labels."""
-        return denoise if self.labels is None else functools.partial(denoise, condition=self.labels)
+        """``denoise`` for these pairs: ``denoise(x, σ)``, with ``condition=labels`` when they have labels
+        and ``guidance=values`` when they have guidance."""
+        given = {name: value for name, value in (("condition", self.labels), ("guidance", self.guidance))
+                 if value is not None}
+        return functools.partial(denoise, **given) if given else denoise
 
 
 def draw_noise(noise: NoiseSource, count: Optional[int], conditions: Optional[Sequence[int]]):
@@ -118,9 +124,9 @@ def _draw_from_generator(noise: Callable[[int], torch.Tensor], count: int):
 
 
 def pairs_key(user_key, teacher: Teacher, sigmas: torch.Tensor, noise: torch.Tensor,
-              labels: Optional[torch.Tensor], path: bool = False) -> dict:
+              labels: Optional[torch.Tensor], path: bool = False, guidance: Optional[torch.Tensor] = None) -> dict:
     """The full cache key: the caller's key plus what the trainer itself knows about the pairs (and
-    whether they keep the teacher's path)."""
+    whether they keep the teacher's path, and their guidance draws)."""
     key = {
         "format": FORMAT,
         "key": user_key,
@@ -130,6 +136,7 @@ def pairs_key(user_key, teacher: Teacher, sigmas: torch.Tensor, noise: torch.Ten
         "noise": _digest(noise),
         "labels": None if labels is None else labels.tolist(),
     }
+    key.update({} if guidance is None else {"guidance": _digest(guidance)})
     return {**key, "path": True} if path else key
 
 
@@ -157,21 +164,25 @@ class TeacherRun:
 
 def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, labels: Optional[torch.Tensor],
                   teacher: Teacher, sigmas: torch.Tensor, batch_size: int, key: dict,
-                  store: Optional[Path], reporter: Reporter, path: bool = False) -> TeacherRun:
+                  store: Optional[Path], reporter: Reporter, path: bool = False,
+                  guidance: Optional[torch.Tensor] = None) -> TeacherRun:
     """Run ``teacher`` from each latent on ``sigmas`` in batches, or read the finished pairs from ``store``.
 
     With ``path``, the teacher's state at every grid point is kept too (the teacher must report its
     steps through k-diffusion's ``callback``). An incomplete file at ``store`` is continued; on any
-    interruption the finished batches are saved there before the exception propagates.
+    interruption the finished batches are saved there before the exception propagates (one process
+    only). On several ranks each runs its share of the batches and the results are gathered
+    (:mod:`.distributed`); rank 0 writes ``store``.
     """
     done, done_path, seconds = _cached(store, key, noise.device)
     path_sigmas = sigmas.double().cpu() if path else None
     if done is not None and done.shape[0] == noise.shape[0]:
-        return TeacherRun(PairSet(seeds, noise, done, labels, done_path, path_sigmas), True, seconds)
-    inputs = PairSet(seeds, noise, None, labels)
+        return TeacherRun(PairSet(seeds, noise, done, labels, done_path, path_sigmas, guidance), True, seconds)
+    inputs = PairSet(seeds, noise, None, labels, guidance=guidance)
     targets = [] if done is None else [done]
     paths = [] if done_path is None else [done_path]
-    count = 0 if done is None else done.shape[0]
+    first = count = 0 if done is None else done.shape[0]
+    ranks = distributed.ranks()
     reporter.begin("teacher pairs", count, noise.shape[0], unit="pair")
     started = time.monotonic()
 
@@ -179,26 +190,44 @@ def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, l
         _store_pairs(store, key, inputs, torch.cat(targets), torch.cat(paths) if path else None, elapsed)
 
     try:
-        while count < noise.shape[0]:
-            batch = inputs.subset(slice(count, count + batch_size))
+        for start in ranks.share(range(first, noise.shape[0], batch_size)):  # every batch on one rank
+            batch = inputs.subset(slice(start, start + batch_size))
             with torch.no_grad():
                 target, trajectory = _solve(teacher, batch.bind(denoise), batch.noise, sigmas, path)
             _check_target(target, batch, teacher)
             targets.append(target.detach())
             paths.extend([] if trajectory is None else [trajectory])
             count += batch.noise.shape[0]
-            reporter.teacher(count, noise.shape[0])
+            reporter.teacher(min(first + (count - first) * ranks.world, noise.shape[0]), noise.shape[0])
     except BaseException:
-        if store is not None and count:
+        if store is not None and count > first and ranks.world == 1:
             save(seconds + time.monotonic() - started)
         raise
     finally:
         reporter.end()
     seconds += time.monotonic() - started
-    if store is not None:
+    if ranks.world > 1:
+        targets = [_gathered(ranks, targets, done, noise.shape[0], batch_size, noise[0])]
+        if path:  # the teacher's states at its M + 1 grid points, on the CPU
+            row = torch.zeros((len(sigmas), *noise.shape[1:]), dtype=torch.float32)
+            paths = [_gathered(ranks, paths, done_path, noise.shape[0], batch_size, row)]
+    if store is not None and ranks.main:
         save(seconds)
+    ranks.barrier()  # the cache is complete before any rank goes on
     return TeacherRun(PairSet(seeds, noise, torch.cat(targets), labels, torch.cat(paths) if path else None,
-                              path_sigmas), False, seconds)
+                              path_sigmas, guidance), False, seconds)
+
+
+def _gathered(ranks, parts: list, done: Optional[torch.Tensor], count: int, batch_size: int, like: torch.Tensor):
+    """Every rank's teacher results (``parts``: ``done`` first, if any, then this rank's batches) in pair
+    order, one row shaped and typed as ``like``: each rank fills its batches' rows of a zero tensor and
+    the tensors are summed across ranks (x + 0 = x: exact)."""
+    first = 0 if done is None else done.shape[0]
+    rows = torch.zeros((count - first, *like.shape), dtype=like.dtype, device=like.device)
+    for start, part in zip(ranks.share(range(first, count, batch_size)), parts[int(done is not None):]):
+        rows[start - first:start - first + part.shape[0]] = part
+    rows = ranks.sum_rows(rows)
+    return rows if done is None else torch.cat([done.to(rows), rows])
 
 
 def _solve(teacher: Teacher, denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor, path: bool):

@@ -54,6 +54,11 @@ def validation_markdown(table: list) -> str:
                  *figures, *(_figure(row["baselines"].get(name)) for name in baselines),
                  _figure(ratio), str(row["iterations"]), row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
+    ranged = [row for row in table if row.get("guidance")]
+    if ranged:  # a Φ for a CFG range: its ends and middle (trainer/guidance.py)
+        lines += ["", "| NFE | guidance | kept Φ | its init |", "|---|---|---|---|"]
+        lines += [f"| {row['nfe']} | {point['guidance']:g} | {_figure(point['rmse'])} | {_figure(point['init'])} |"
+                  for row in ranged for point in row["guidance"]]
     return "\n".join(lines) + "\n"
 
 

@@ -40,6 +40,9 @@ class ModelSource:
             ``model_family``, ``sigma_min``, ``sigma_max``, ``cfg``; a ``training`` dict is merged into
             the record). Default schedule: ``{"kind": "explicit"}``; ``sigmas`` is always the grid.
         conditions: one integer label per pair (e.g. a prompt index), passed to ``denoise``.
+        guidance: ``(low, high)``: each pair draws its guidance (CFG, or FLUX guidance) uniformly from
+            this range and ``denoise`` gets it as ``guidance=values`` [B]; the report evaluates the Φ at
+            both ends and the middle (see :mod:`.guidance`). Part of the pairs' cache key.
         teachers: ``teachers(name) -> solver`` for this model's teacher names (ComfyUI's samplers);
             default: the trainer's built-in solvers.
         baselines: name → ``(denoise, x, nfe) -> x0`` for the validation table; default Euler, iPNDM
@@ -56,6 +59,7 @@ class ModelSource:
     cache_key: Optional[dict] = None
     phi_fields: dict = dataclasses.field(default_factory=dict)
     conditions: Optional[Sequence[int]] = None
+    guidance: Optional[tuple] = None
     teachers: Optional[Callable[[str], Callable]] = None
     baselines: Optional[dict] = None
     defaults: dict = dataclasses.field(default_factory=dict)
