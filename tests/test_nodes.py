@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import comfy_host
-from comfyui_dyweight.coefficients import Coefficients, adams_bashforth, adams_bashforth_preset
+from comfyui_dyweight.coefficients import adams_bashforth, adams_bashforth_preset
 from plain_dyweight import plain_dyweight
 
 REPO = Path(__file__).resolve().parents[1]
