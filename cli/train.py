@@ -82,6 +82,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                                "baselines (default: 4 for a ComfyUI model, else --batch-size)")
     training.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULTS.lr:g})")
     training.add_argument("--dss-lr", type=float, help="peak learning rate of the DSS family (default 3 × --lr)")
+    training.add_argument("--dss-init", metavar="FILE",
+                          help="start DSS from this DSS Φ (e.g. a shipped flow table, for a flow model) instead of "
+                               "Euler on the model's grid")
     training.add_argument("--order", type=int, help=f"gradient history K (default {DEFAULTS.order})")
     training.add_argument("--afs", action="store_true", default=None,
                           help="analytical first step (one model call fewer)")
@@ -162,7 +165,7 @@ def _distill(source: ModelSource, arguments: argparse.Namespace, state_dir: Path
 
 #: The command's options that are :class:`DistillConfig` settings (same names).
 SETTINGS = ("nfe", "solver", "pairs", "iterations", "batch_size", "micro_batch_size", "sampling_batch_size", "lr",
-            "dss_lr", "order",
+            "dss_lr", "dss_init", "order",
             "afs", "variable_step_init", "teacher", "teacher_steps", "validation_fraction", "seed")
 
 

@@ -50,14 +50,16 @@ def trained(mixture):
 
 
 def test_schedule_time_meets_the_schedule_at_its_own_points_and_inverts():
-    fine = karras(32)
+    fine = karras(32)  # 32 positive sigmas, then 0
     warp = ScheduleTime(fine)
-    u = torch.arange(32, dtype=F64) / 31
-    assert torch.allclose(warp.sigmas(u), fine, rtol=1e-12)  # the positive points, then the final 0
+    u = torch.arange(33, dtype=F64) / 32
+    assert torch.allclose(warp.sigmas(u), fine, rtol=1e-12)
     assert torch.allclose(warp.times(fine), u, atol=1e-12)
-    between = warp.sigmas(torch.tensor([0.5 / 31], dtype=F64))[0]
+    between = warp.sigmas(torch.tensor([0.5 / 32], dtype=F64))[0]
     assert float(fine[1]) < float(between) < float(fine[0])
     assert between == pytest.approx(float((fine[0] * fine[1]).sqrt()), rel=1e-12)  # log-linear
+    last = warp.sigmas(torch.tensor([31.25 / 32], dtype=F64))[0]
+    assert last == pytest.approx(0.75 * float(fine[-2]), rel=1e-12)  # the final interval, linear to 0
 
 
 def test_dss_starts_at_euler_on_the_models_grid(mixture):
@@ -74,8 +76,7 @@ def test_trained_dss_keeps_its_grid_in_the_schedule_and_beats_euler_on_new_seeds
     assert phi.solver == "dss" and phi.order == phi.steps == 4 and not phi.afs
     assert torch.allclose(phi.weights.sum(1).double(), torch.ones(4, dtype=F64), atol=1e-6)
     grid = phi.sigmas.double()
-    assert grid[0] == pytest.approx(SIGMA_MAX) and grid[-2] == pytest.approx(0.002, rel=1e-5) and grid[-1] == 0
-    assert (grid[1:] < grid[:-1]).all()
+    assert grid[0] == pytest.approx(SIGMA_MAX) and grid[-1] == 0 and (grid[1:] < grid[:-1]).all()
     assert not torch.allclose(grid, karras(4), rtol=1e-3)  # the grid itself was learned
     losses = [loss for _, loss in trained.history[4]["dss"]["train"]]
     assert sum(losses[-10:]) < 0.75 * sum(losses[:10])
@@ -170,3 +171,25 @@ def test_path_loss_is_the_release_loss_written_out(mixture, trained):
         nearest = int((teacher_sigmas - grid[n]).abs().argmin())
         expected = expected + (states[n - 1] - batch.path[:, nearest].double()).pow(2).mean() / (1 + grid[n] ** 2)
     assert float(path_loss(mixture.denoise, batch, phi, False)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_dss_starts_from_a_shipped_flow_table_on_a_flow_model(mixture):
+    """A flow model's schedule runs from σ = 1 to 0, so the shipped SiT table's grid lands as it is."""
+    from comfyui_dyweight.coefficients.presets import SHIPPED_DIR
+
+    table_path = SHIPPED_DIR / "dss" / "dss-flow-sit-nfe5.safetensors"
+    table = Coefficients.load(table_path)
+
+    def flow_schedule(steps):
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=F64)
+
+    noise = torch.randn(24, mixture.dim, dtype=F64, generator=torch.Generator().manual_seed(8))
+    config = DSS.with_given(nfe=5, iterations=0, teacher_steps=64, dss_init=str(table_path))
+    result = distill(ModelSource(mixture.flow_denoise, noise, flow_schedule), config, progress=quiet)
+    phi = result.coefficients[5]
+    assert torch.allclose(phi.sigmas.double(), table.sigmas.double(), atol=2e-3)  # within the fine grid's float32
+    assert torch.allclose(phi.weights[:-1, 1:].double(), table.weights[:-1, 1:].double(), atol=1e-6)
+    assert torch.allclose(phi.weights.sum(1).double(), torch.ones(5, dtype=F64), atol=1e-6)
+    assert phi.training["initialiser"] == "dss_init dss-flow-sit-nfe5.safetensors"
+    with pytest.raises(ValueError, match="dss_init .* must be a DSS Φ"):
+        distill(ModelSource(mixture.flow_denoise, noise, flow_schedule), config.with_given(nfe=4), progress=quiet)

@@ -40,6 +40,9 @@ class DistillConfig:
         divisor: ``"sigma"`` or ``"net_sigma"`` (Eq. 7), as in the released tables.
         variable_step_init: start from variable-step Adams–Bashforth (paper App. A) instead of the fixed
             iPNDM rows.
+        dss_init: a DSS Φ file to start the DSS family from (its grid and older-history weights, e.g. a
+            shipped rectified-flow table for a flow model) instead of Euler on the model's grid; it must
+            combine gradients and have one of the NFE targets.
     Teacher (Algorithm 1, line 2):
         teacher: a solver name (the model source resolves it: the built-in ``heun``, ``dpmpp_2m``,
             ``ipndm``, ``euler``, or a ComfyUI sampler for a ComfyUI model) or a solver
@@ -79,6 +82,7 @@ class DistillConfig:
     sampling_batch_size: Optional[int] = None
     lr: float = 0.05
     dss_lr: Optional[float] = None
+    dss_init: Optional[str] = None
     validation_fraction: float = 0.2
     validation_every: Optional[int] = None
     seed: int = 0

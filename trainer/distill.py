@@ -177,10 +177,21 @@ class _Distillation:
     def _student(self, family: str, template: Coefficients, state: Optional[dict] = None):
         """The trainable student of ``family`` on ``template``, at ``state`` (default: its initial state)."""
         if family == "dss":
-            return DSSStudent(template, state or DSSStudent.initial_state(template, self.schedule_time),
+            return DSSStudent(template, state or DSSStudent.initial_state(template, self.schedule_time,
+                                                                          self._dss_start(template.steps)),
                               self.schedule_time)
         return DyWeightStudent(template, state or DyWeightStudent.initial_state(template),
                                self._checked_grid(template.steps, f"NFE {template.nfe}"))
+
+    def _dss_start(self, steps: int) -> Optional[Coefficients]:
+        """The DSS Φ of ``config.dss_init``, checked, for a grid of ``steps`` steps (or ``None``)."""
+        if self.config.dss_init is None:
+            return None
+        start = Coefficients.load(self.config.dss_init)
+        if start.solver != "dss" or start.combine != "gradient" or start.sigmas is None or start.steps != steps:
+            raise ValueError(f"dss_init {self.config.dss_init} must be a DSS Φ that combines gradients, with its "
+                             f"grid and {steps} steps; it is {start.solver}, {start.combine}, {start.steps} steps")
+        return start
 
     def _start(self, family: str, nfe: int, template: Coefficients, validation_pairs: PairSet) -> NfeRun:
         student = self._student(family, template)
@@ -225,7 +236,7 @@ class _Distillation:
             sigmas = self._checked_grid(nfe, f"NFE {nfe}")
             init = euler(nfe, order=nfe, solver="dss")
             fields = {**self.model.phi_fields, "schedule": {"kind": "explicit"}}
-            initialiser = "euler"
+            initialiser = f"dss_init {Path(config.dss_init).name}" if config.dss_init else "euler"
         else:
             sigmas = self._checked_grid(nfe + int(config.afs), f"NFE {nfe}")
             init = initial_coefficients(nfe, config.order, sigmas=sigmas, variable_step=config.variable_step_init,

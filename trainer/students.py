@@ -124,9 +124,9 @@ class DyWeightStudent:
 class ScheduleTime:
     """The model's schedule as a function of its own time u ∈ [0, 1], from a fine grid of it.
 
-    u = j / M at the j-th positive sigma of the fine grid, log-linear in between: differentiable in u,
-    monotone, σ(0) = σ_max and σ(1) = the last positive sigma. A grid that ends at σ = 0 keeps that
-    final step (``to_zero``).
+    u = j / M at the j-th point of the fine grid (M intervals), log-linear in σ in between; a grid that
+    ends at σ = 0 has that final interval linear in σ. Differentiable in u and monotone, with σ(0) = σ_max
+    and σ(1) = the grid's end (σ_min, or 0).
     """
 
     def __init__(self, fine_sigmas: torch.Tensor):
@@ -135,26 +135,32 @@ class ScheduleTime:
         self.log_sigmas = fine[fine > 0].log()
         if len(self.log_sigmas) < 2:
             raise ValueError("the teacher's grid needs at least two positive sigmas to place a DSS grid on")
-
-    @property
-    def intervals(self) -> int:
-        return len(self.log_sigmas) - 1
+        self.intervals = len(self.log_sigmas) - 1 + int(self.to_zero)
 
     def sigmas(self, u: torch.Tensor) -> torch.Tensor:
         position = u * self.intervals
         index = position.detach().floor().clamp(0, self.intervals - 1).long()
         fraction = position - index
-        log_sigma = torch.lerp(self.log_sigmas[index], self.log_sigmas[index + 1], fraction)
-        sigmas = log_sigma.exp()
-        return torch.cat([sigmas, sigmas.new_zeros(1)]) if self.to_zero else sigmas
+        inner = index.clamp(max=len(self.log_sigmas) - 2)
+        log_sigma = torch.lerp(self.log_sigmas[inner], self.log_sigmas[inner + 1], fraction)
+        if not self.to_zero:
+            return log_sigma.exp()
+        last = self.log_sigmas[-1].exp()
+        to_zero = last * (1 - fraction)  # the final interval, from the last positive σ down to 0
+        return torch.where(index == len(self.log_sigmas) - 1, to_zero, log_sigma.exp())
 
     def times(self, sigmas: torch.Tensor) -> torch.Tensor:
-        """The inverse: u of each positive sigma (the schedule's own grid points come out exactly)."""
-        log_sigma = sigmas.double()[sigmas > 0].log().clamp(self.log_sigmas[-1], self.log_sigmas[0])
-        descending = -self.log_sigmas
-        index = (torch.searchsorted(descending, -log_sigma, right=True) - 1).clamp(0, self.intervals - 1)
+        """The inverse: u of each sigma (the fine grid's own points come out exactly)."""
+        sigmas = sigmas.double()
+        last = float(self.log_sigmas[-1].exp())
+        log_sigma = sigmas.clamp_min(last).log().clamp(self.log_sigmas[-1], self.log_sigmas[0])
+        positive = len(self.log_sigmas) - 1
+        index = (torch.searchsorted(-self.log_sigmas, -log_sigma, right=True) - 1).clamp(0, positive - 1)
         fraction = (self.log_sigmas[index] - log_sigma) / (self.log_sigmas[index] - self.log_sigmas[index + 1])
-        return (index + fraction) / self.intervals
+        position = index + fraction
+        if self.to_zero:  # below the last positive σ: the final, linear interval
+            position = torch.where(sigmas < last, positive + (last - sigmas) / last, position)
+        return position / self.intervals
 
 
 class DSSStudent:
@@ -175,11 +181,20 @@ class DSSStudent:
         self.mask[:, 0] = 0
 
     @staticmethod
-    def initial_state(template: Coefficients, schedule_time: ScheduleTime) -> dict:
-        """Euler on the template's grid: the grid's time steps as logits, no older-history weight."""
-        u = schedule_time.times(template.sigmas)
+    def initial_state(template: Coefficients, schedule_time: ScheduleTime, start: Coefficients = None) -> dict:
+        """Euler on the template's grid (the grid's time steps as logits, no older-history weight), or the
+        grid and older-history weights of ``start`` (a DSS Φ with the same steps), its grid placed on this
+        schedule by σ. Rows sum to one here, so a ``start`` row that does not (a flow table's last one,
+        scaled to end at σ = 0) keeps its older weights and an implied newest one."""
         steps = template.steps
-        return {"grid_logits": (u[1:] - u[:-1]).log().float(), "older": torch.zeros(steps, steps)}
+        if start is None:
+            u, older = schedule_time.times(template.sigmas), torch.zeros(steps, steps)
+        else:
+            u, older = schedule_time.times(start.sigmas), start.weights.detach().float().clone()
+            older[:, 0] = 0
+        if len(u) != steps + 1 or older.shape != (steps, steps):
+            raise ValueError(f"the starting DSS Φ ({start.steps} steps) does not fit this {steps}-step grid")
+        return {"grid_logits": (u[1:] - u[:-1]).clamp_min(1e-6).log().float(), "older": older}
 
     @property
     def parameters(self) -> list:
@@ -189,7 +204,7 @@ class DSSStudent:
         return {"grid_logits": self.grid_logits.detach(), "older": self.older.detach()}
 
     def grid(self) -> torch.Tensor:
-        """σ_0 … σ_N: the schedule at u = cumulative softmax of the logits (u_0 = 0, last u = 1)."""
+        """σ_0 … σ_N: the schedule at u = cumulative softmax of the logits (u_0 = 0, u_N = 1)."""
         steps = torch.softmax(self.grid_logits.double(), 0)
         u = torch.cat([steps.new_zeros(1), steps.cumsum(0)]).clamp(max=1.0)
         return self.schedule_time.sigmas(u)
