@@ -102,6 +102,9 @@ class DyWeightTrain:
                                          "tooltip": "Saved as models/dyweight/<file_name>-nfe<steps>.safetensors."}),
             },
             "optional": {
+                "cfg_max": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                      "tooltip": "Above `cfg`: each training sample draws its CFG between `cfg` "
+                                                 "and this, so one solver serves that range (0: off)."}),
                 "solver": (["dyweight", "dss", "both"], {
                     "default": "dyweight",
                     "tooltip": "The solver family to learn: DyWeight (weights and time scales on the model's "
@@ -119,15 +122,16 @@ class DyWeightTrain:
         }
 
     def train(self, model, clip, prompts, negative, cfg, width, height, steps, pairs, iterations, teacher_sampler,
-              teacher_steps, seed, file_name, solver="dyweight", micro_batch=None, sampling_batch=None,
-              unique_id=None):
+              teacher_steps, seed, file_name, cfg_max=0.0, solver="dyweight", micro_batch=None,
+              sampling_batch=None, unique_id=None):
         prompt_list = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not prompt_list:
             raise ValueError("DyWeight training needs at least one prompt (one per line)")
         path = output_path(file_name, steps)
         negative_conditioning = encode_prompt(clip, negative)
+        cfg_range = {"kind": "cfg", "min": cfg, "max": cfg_max} if cfg_max > cfg else None
         target = ComfyTarget(model, [(encode_prompt(clip, text), negative_conditioning) for text in prompt_list], cfg,
-                             latent_shape(model, width, height))
+                             latent_shape(model, width, height), cfg_range=cfg_range)
         try:
             result = distill_for_comfy(
                 target, seed=seed, prompts=prompt_list, cache_dir=cache_folder(),

@@ -197,3 +197,11 @@ def test_train_node_refuses_bad_input_with_clear_messages(dw, checkpoint, dyweig
         dw.DyWeightTrain().train(**train_node_inputs(model, clip, prompts="\n  \n"))
     with pytest.raises(ValueError, match="without folders"):
         dw.DyWeightTrain().train(**train_node_inputs(model, clip, file_name="../escape"))
+
+
+def test_train_node_takes_a_cfg_range(dw, checkpoint, dyweight_folder):
+    model, clip = checkpoint
+    with torch.inference_mode():
+        dw.DyWeightTrain().train(**{**train_node_inputs(model, clip), "cfg_max": 6.0, "iterations": 1})
+    saved = Coefficients.load(dyweight_folder / "tiny-nfe3.safetensors")
+    assert saved.cfg == {"kind": "cfg", "min": 4.0, "max": 6.0}
