@@ -9,6 +9,7 @@ shared by every NFE target; a held-out split picks the best Φ and builds the va
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -171,7 +172,7 @@ class _Distillation:
             student = self._student(family, template)
             phis = {"rmse": dataclasses.replace(template, **run.best), "init": template}
             run.row["guidance"] = self._guidance_report().row(
-                validation_pairs, {name: (phi, optimise.evaluation_grid(student, phi)) for name, phi in phis.items()})
+                validation_pairs, {name: (phi, student.evaluation_grid(phi)) for name, phi in phis.items()})
         self._commit(run.snapshot(), True)
 
     def _student(self, family: str, template: Coefficients, state: Optional[dict] = None):
@@ -183,11 +184,16 @@ class _Distillation:
         return DyWeightStudent(template, state or DyWeightStudent.initial_state(template),
                                self._checked_grid(template.steps, f"NFE {template.nfe}"))
 
+    @functools.cached_property
+    def _dss_init(self) -> Optional[Coefficients]:
+        """The Φ of ``config.dss_init``, read once (every DSS student of the run starts from it)."""
+        return None if self.config.dss_init is None else Coefficients.load(self.config.dss_init)
+
     def _dss_start(self, steps: int) -> Optional[Coefficients]:
         """The DSS Φ of ``config.dss_init``, checked, for a grid of ``steps`` steps (or ``None``)."""
-        if self.config.dss_init is None:
+        start = self._dss_init
+        if start is None:
             return None
-        start = Coefficients.load(self.config.dss_init)
         if start.solver != "dss" or start.combine != "gradient" or start.sigmas is None or start.steps != steps:
             raise ValueError(f"dss_init {self.config.dss_init} must be a DSS Φ that combines gradients, with its "
                              f"grid and {steps} steps; it is {start.solver}, {start.combine}, {start.steps} steps")
@@ -195,7 +201,7 @@ class _Distillation:
 
     def _start(self, family: str, nfe: int, template: Coefficients, validation_pairs: PairSet) -> NfeRun:
         student = self._student(family, template)
-        rmse = optimise.phi_rmse(template, optimise.evaluation_grid(student, template), self.model.denoise,
+        rmse = optimise.phi_rmse(template, student.evaluation_grid(template), self.model.denoise,
                                  validation_pairs, self.config.sampling_batch)
         if not math.isfinite(rmse):
             raise ValueError(f"{family} NFE {nfe}: the initial Φ gives NaN/Inf on the held-out pairs; check the model")

@@ -87,11 +87,6 @@ def phi_rmse(phi: Coefficients, sigmas: torch.Tensor, denoise: Callable, pairs: 
     return held_out_rmse(lambda model, x: dyweight_sample(model, x, sigmas, phi), denoise, pairs, batch_size)
 
 
-def evaluation_grid(student, phi: Coefficients) -> torch.Tensor:
-    """The grid a saved Φ runs on: a DyWeight student's fixed float64 grid, a DSS Φ's own stored grid."""
-    return phi.sigmas.double() if student.family == "dss" else student.sigmas
-
-
 def best_tensors(phi: Coefficients) -> dict:
     """The tensors of a (detached) Φ that a run keeps as its best."""
     return {"weights": phi.weights, "time_scale": phi.time_scale, "sigmas": phi.sigmas}
@@ -205,7 +200,7 @@ def _validate_and_keep_best(run: NfeRun, student, denoise, pairs: PairSet, confi
     """Held-out RMSE of the current Φ; keep it as the best when it beats every earlier one."""
     try:
         phi = student.phi().detached()
-        rmse = phi_rmse(phi, evaluation_grid(student, phi), denoise, pairs, config.sampling_batch)
+        rmse = phi_rmse(phi, student.evaluation_grid(phi), denoise, pairs, config.sampling_batch)
     except (CoefficientError, SamplingError) as error:
         rmse = math.nan
         reason = f"the current Φ is unusable on held-out data ({error})"

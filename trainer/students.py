@@ -13,8 +13,8 @@
   endpoint Huber term. Initialised at Euler on the model's own N-step grid.
 
 Both answer to the same loop (:mod:`.optimise`): ``parameters`` (the leaves Adam steps), ``phi()`` (the
-current Φ, differentiable in them), ``loss(denoise, batch, checkpointing)``, ``after_step()``, and
-``state()``/``best()`` for the saved run.
+current Φ, differentiable in them), ``loss(denoise, batch, checkpointing)``, ``after_step()``,
+``evaluation_grid(phi)`` (the grid a saved Φ runs on) and ``state()`` for the saved run.
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ class DyWeightStudent:
 
     def loss(self, denoise: Callable, batch: PairSet, checkpointing: bool) -> torch.Tensor:
         return endpoint_loss(denoise, batch, self.sigmas, self.phi(), checkpointing)
+
+    def evaluation_grid(self, phi: Coefficients) -> torch.Tensor:
+        """The grid a (saved) Φ of this student runs on: the fixed float64 grid."""
+        return self.sigmas
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -218,6 +222,11 @@ class DSSStudent:
 
     def loss(self, denoise: Callable, batch: PairSet, checkpointing: bool) -> torch.Tensor:
         return path_loss(denoise, batch, self.phi(), checkpointing)
+
+    @staticmethod
+    def evaluation_grid(phi: Coefficients) -> torch.Tensor:
+        """The grid a (saved) Φ of this student runs on: its own, as stored."""
+        return phi.sigmas.double()
 
     def after_step(self) -> None:
         """Nothing to project: the grid is monotone and t̃ = σ > 0 by construction."""
