@@ -12,7 +12,8 @@ are tiny and random (seeded).
 Public API (see each docstring):
     find_comfyui, vendored_comfyui, import_host, ensure_torchvision_importable, load_custom_node, host_snapshot,
     tiny_sd15_model, tiny_sd15_conditioning, tiny_flux_model, tiny_flux_conditioning,
-    empty_latent, sample_with_ksampler, write_tiny_checkpoint, TINY_CHECKPOINT_NAME
+    empty_latent, sample_with_ksampler, write_tiny_checkpoint, TINY_CHECKPOINT_NAME,
+    write_tiny_flow_checkpoint, TINY_FLOW_CHECKPOINT_NAME
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ TINY_SD15_CONTEXT_DIM = 32
 TINY_FLUX_CONTEXT_DIM = 32
 TINY_FLUX_VEC_DIM = 32
 TINY_CHECKPOINT_NAME = "dyweight_tiny_sd15.safetensors"
+TINY_FLOW_CHECKPOINT_NAME = "dyweight_tiny_sd3.safetensors"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_COMFYUI = REPO_ROOT.parent / "shared" / "comfyui"
@@ -506,6 +508,26 @@ def sample_with_ksampler(model, positive, negative, latent, seed, steps, cfg, sa
 # a checkpoint the stock CheckpointLoaderSimple loads (for server tests)
 # ---------------------------------------------------------------------------
 
+def _save_checkpoint(models_dir, name, cfg, diffusion_model, clip, taesd) -> str:
+    """Write ``<models_dir>/checkpoints/<name>`` in the single-file layout CheckpointLoaderSimple reads:
+    ``model.diffusion_model.*``, the text encoders under the config's prefix, TAESD under
+    ``first_stage_model.taesd_*``; all floats fp16. Returns the file name."""
+    import torch
+    import comfy.utils
+
+    out_dir = Path(models_dir) / "checkpoints"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sd = {}
+    for k, v in diffusion_model.state_dict().items():
+        sd["model.diffusion_model." + k] = v
+    sd.update(cfg.process_clip_state_dict_for_saving(clip.get_sd()))
+    for k, v in taesd.state_dict().items():
+        sd["first_stage_model." + k] = v
+    sd = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    comfy.utils.save_torch_file(sd, str(out_dir / name))
+    return name
+
+
 def write_tiny_checkpoint(models_dir, seed: int = 0, name: str = TINY_CHECKPOINT_NAME) -> str:
     """Write ``<models_dir>/checkpoints/<name>``: a real single-file SD1.5 checkpoint.
 
@@ -523,11 +545,8 @@ def write_tiny_checkpoint(models_dir, seed: int = 0, name: str = TINY_CHECKPOINT
     import torch
     import comfy.sd
     import comfy.taesd.taesd
-    import comfy.utils
 
     import_host()
-    out_dir = Path(models_dir) / "checkpoints"
-    out_dir.mkdir(parents=True, exist_ok=True)
     unet_config = _sd15_unet_config(
         model_channels=320, channel_mult=[1], num_res_blocks=[1], context_dim=768,
         transformer_depth=[1], transformer_depth_output=[0, 0], transformer_depth_middle=-1)
@@ -539,16 +558,52 @@ def write_tiny_checkpoint(models_dir, seed: int = 0, name: str = TINY_CHECKPOINT
     _seeded_init_(clip.cond_stage_model, seed + 1)
     taesd = comfy.taesd.taesd.TAESD()
     _seeded_init_(taesd, seed + 2)
+    return _save_checkpoint(models_dir, name, cfg, model.diffusion_model, clip, taesd)
 
-    sd = {}
-    for k, v in model.diffusion_model.state_dict().items():
-        sd["model.diffusion_model." + k] = v
-    clip_sd = cfg.process_clip_state_dict_for_saving(clip.get_sd())
-    sd.update(clip_sd)
-    for k, v in taesd.state_dict().items():
-        sd["first_stage_model." + k] = v
-    sd = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    path = out_dir / name
-    comfy.utils.save_torch_file(sd, str(path))
-    del clip, model, taesd
-    return name
+
+def write_tiny_flow_checkpoint(models_dir, seed: int = 0, name: str = TINY_FLOW_CHECKPOINT_NAME) -> str:
+    """Write ``<models_dir>/checkpoints/<name>``: a real single-file SD3 checkpoint (rectified flow:
+    ComfyUI's ModelType.FLOW, ModelSamplingDiscreteFlow with shift 3, SD3 latent format, 16 channels).
+
+    * MMDiT: comfy.model_detection reads its config from the weights (depth 1, so hidden size 64
+      and one head; patch size 2; a 16 × 16 patch grid of positional embeddings, enough for 256 px)
+      and the SD3 supported-model config matches it (~0.55 M params).
+    * Text encoder: CLIP-L only, the stock one (123 M params, random fp16) under
+      ``text_encoders.clip_l.*``; SD3's clip target then builds its text encoder with CLIP-L alone,
+      which pads the context to 4096 features and the pooled output to 2048 (CLIP-G's zeros), so the
+      MMDiT's context embedder and pooled-vector embedder take those sizes. No T5-XXL is needed.
+    * VAE: TAESD with 16 latent channels (TAESD3's layout) under ``first_stage_model.taesd_*``.
+    All floats fp16 (~250 MB). Current hosts only (needs flow models). Returns the file name (for
+    CheckpointLoaderSimple's ckpt_name).
+    """
+    require_modern(what="write_tiny_flow_checkpoint")
+    import torch
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.supported_models_base
+    import comfy.taesd.taesd
+    import comfy.text_encoders.sd3_clip
+
+    patches_per_side = 16
+    unet_config = {
+        "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 1, "input_size": None,
+        "adm_in_channels": 2048, "pos_embed_scaling_factor": None,
+        "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64}},
+        "num_patches": patches_per_side ** 2, "pos_embed_max_size": patches_per_side, "x_block_self_attn_layers": [],
+    }
+    cfg = comfy.supported_models.SD3(unet_config)
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({})
+    _seeded_init_(model.diffusion_model, seed)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) + 3)
+    with torch.no_grad():  # a buffer (torch.empty), so _seeded_init_ leaves it
+        model.diffusion_model.pos_embed.copy_(0.02 * torch.randn(model.diffusion_model.pos_embed.shape, generator=gen))
+
+    clip_target = comfy.supported_models_base.ClipTarget(
+        comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=False, t5=False))
+    with torch.no_grad():
+        clip = comfy.sd.CLIP(clip_target)
+    _seeded_init_(clip.cond_stage_model, seed + 1)
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
+    _seeded_init_(taesd, seed + 2)
+    return _save_checkpoint(models_dir, name, cfg, model.diffusion_model, clip, taesd)
