@@ -110,8 +110,7 @@ def test_ddpm_preset_equals_the_release_vp_loop(mixture, noise, steps):
     assert (phi.solver, phi.combine, phi.prediction, phi.order) == ("dss", "denoised", "eps", steps)
 
     def eps_model(x, t):  # the DiT-like model's output in VP form x = α x0 + σ ε
-        alpha, sigma = vp_alpha_sigma(t)
-        return (x - alpha * mixture.posterior_mean(x, alpha, sigma)) / sigma
+        return mixture.eps_prediction(x, *vp_alpha_sigma(t))
 
     plain, end = release_vp_loop(eps_model, noise, table["timedeltas"], table["coeffs"])
     alpha_start, _ = vp_alpha_sigma(0.999)

@@ -60,6 +60,13 @@ class GaussianMixture:
         component_means = means[None] + shrink * (x[:, None, :] - alpha[..., None] * means[None])  # [B, C, d]
         return (responsibility[..., None] * component_means).sum(1)
 
+    def eps_prediction(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """E[ε | α·x0 + σ·ε = x] = (x − α·E[x0 | x])/σ: the exact output of an ε-prediction network (DDPM,
+        Ho et al. 2020, Eq. 11) in VP form, for scalar or per-sample α, σ."""
+        alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        return (x - alpha * self.posterior_mean(x, alpha, sigma)) / sigma
+
     def ode_solution(self, x: torch.Tensor, sigma_from: float, sigma_to: float, steps: int = 2000) -> torch.Tensor:
         """The probability-flow ODE solved from σ_from to σ_to by RK4 in log σ (error ≲ 1e-12 at 2000 steps).
 
