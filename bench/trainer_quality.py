@@ -1,6 +1,6 @@
 """Trainer quality benchmark: distilled Φ vs hand-made solvers on Gaussian mixtures (exact denoisers).
 
-    python bench/trainer_quality.py [--out bench/trainer_quality.json]
+    python bench/trainer_quality.py [--out bench/results/trainer_quality.json]
 
 For each mixture, :func:`distill` runs with its **defaults** (teacher, iterations, lr, order, AFS, …) and
 ``solver = "both"`` — DyWeight and DSS on the same pairs — on ComfyUI's ``karras`` grid (ρ = 7 on [0.002,
@@ -10,7 +10,8 @@ held-out figure picks the best of ~20 checkpoints, so it is optimistic; it is sh
 The Markdown table gives the test RMSE to the same teacher at NFE 3, 4 and 5 for each trained family,
 Adams–Bashforth/iPNDM, Euler and DPM-Solver++(2M), the ratios trained/iPNDM (the bar: ≤ 0.5), and the
 teacher's generation time against the optimisation time per NFE. The teacher's own error against the
-exact ODE solution (RK4 in log σ, 2000 steps) is printed too. Results also go to ``--out`` as JSON.
+exact ODE solution (RK4 in log σ, 2000 steps) is printed too. Results also go to ``--out`` as JSON, and the
+printed tables beside it as Markdown (same name, ``.md``).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def markdown(outcome: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"), help="JSON results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "trainer_quality.json",
+                        help="JSON results (the tables go beside it as .md)")
     parser.add_argument("--pairs", type=int, default=256, help="teacher pairs per problem (default 256)")
     parser.add_argument("--test", type=int, default=512, help="fresh test seeds per problem (default 512)")
     parser.add_argument("--threads", type=int, default=1,
@@ -104,10 +106,12 @@ def main() -> int:
     for name, spec in PROBLEMS.items():
         outcomes.append(benchmark(name, spec, arguments.pairs, arguments.test))
         print(markdown(outcomes[-1]) + "\n", flush=True)
-    write_text_atomic(arguments.out, json.dumps({"nfe": list(NFE), "bar": BAR, "problems": outcomes}, indent=1) + "\n")
     met = all(value <= BAR for outcome in outcomes for row in outcome["rows"] for value in row["ratio_to_ipndm"].values())
-    print(f"bar (trained ≤ {BAR} × iPNDM at NFE {', '.join(map(str, NFE))}): {'met' if met else 'NOT met'}; "
-          f"results in {arguments.out}")
+    verdict = f"bar (trained ≤ {BAR} × iPNDM at NFE {', '.join(map(str, NFE))}): {'met' if met else 'NOT met'}"
+    write_text_atomic(arguments.out, json.dumps({"nfe": list(NFE), "bar": BAR, "problems": outcomes}, indent=1) + "\n")
+    write_text_atomic(arguments.out.with_suffix(".md"),
+                      "\n\n".join(markdown(outcome) for outcome in outcomes) + f"\n\n{verdict}.\n")
+    print(f"{verdict}; results in {arguments.out}")
     return 0 if met else 1
 
 
