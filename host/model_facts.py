@@ -15,6 +15,11 @@ from ..coefficients import Coefficients
 from ..coefficients.presets import default_scheduler
 
 LOG = logging.getLogger("comfyui_dyweight")
+ONE_STEP_PREDICTOR = (
+    "DyWeight cannot sample this model: it is an image-to-image predictor (ComfyUI's IMG_TO_IMG sampling, as "
+    "Lotus-D), which maps the encoded image to its prediction in one model call at a fixed timestep, not a "
+    "diffusion model that a multistep solver integrates; run it as its workflow does: SamplerCustomAdvanced "
+    "with DisableNoise, the euler sampler and one step (BasicScheduler, steps 1)")
 SIGMA_MAX_TOLERANCE = 0.1  # relative; a Φ made for σ_max = 14.6 (SD) is refused on σ_max = 80 (EDM) or 1 (flow)
 
 
@@ -52,7 +57,11 @@ def prediction_of(model_sampling) -> str:
     CONST (SD3, FLUX, …) and COSMOS_RFLOW (Cosmos Predict2, not a CONST subclass) are rectified flow.
     EDM (Cosmos T2V, EDM-SDXL) subclasses V_PREDICTION and is v-prediction with its own σ_data (Karras
     et al. 2022, Table 1: F's target is a v scaled by σ_data); the σ_data is carried in ModelFacts.
+    A model sampled as IMG_TO_IMG (Lotus-D) has none of these: ``ValueError`` saying how to run it.
     """
+    img_to_img = getattr(comfy.model_sampling, "IMG_TO_IMG", None)
+    if img_to_img is not None and isinstance(model_sampling, img_to_img):
+        raise ValueError(ONE_STEP_PREDICTOR)
     flow_classes = tuple(getattr(comfy.model_sampling, name) for name in ("CONST", "COSMOS_RFLOW")
                          if hasattr(comfy.model_sampling, name))
     if isinstance(model_sampling, flow_classes):

@@ -35,13 +35,18 @@ def facts_module(dw):
 
 
 @pytest.fixture(scope="module")
-def built(dw):
-    """name -> (Family, ModelPatcher, conditioning): each tiny model is built once per module."""
+def built(dw, host):
+    """name -> (Family, ModelPatcher, conditioning): each tiny model is built once per module; a family
+    this host does not ship is skipped, saying so."""
+    import comfy.supported_models
+
     cache = {}
 
     def get(name):
         if name not in cache:
-            family = model_matrix.FAMILIES[name]
+            family = {**model_matrix.FAMILIES, **model_matrix.REFUSED_FAMILIES}[name]
+            if not hasattr(comfy.supported_models, family.config):
+                comfy_host._skip(f"{name}: the ComfyUI at {host.path} has no {family.config} model (a later ComfyUI has)")
             cache[name] = (family, model_matrix.build(family), model_matrix.conditioning(family, seed=1))
         return cache[name]
 
@@ -126,7 +131,7 @@ def sampler_custom_advanced(dw, model, family, positive, negative, coefficients)
     return output["samples"]
 
 
-EXPECTED_SCHEDULER = {"sd15-zsnr": "normal", "stable-cascade-c": "simple"}
+EXPECTED_SCHEDULER = {"sd15-zsnr": "normal", "stable-cascade-c": "simple", "stable-cascade-b": "simple"}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -162,3 +167,20 @@ def test_a_v_phi_from_sigma_data_one_is_refused_on_an_edm_model(built, facts_mod
     assert facts_module.bind_to_model(v_phi, facts_module.facts_from_patcher(built("sd15-v")[1])).prediction == "v"
     edm_phi = adams_bashforth(4, 3, prediction="v", training={"sigma_data": 0.5})
     assert facts_module.bind_to_model(edm_phi, edm).prediction == "v"
+
+
+def test_lotus_d_is_refused_with_how_to_run_it(dw, built, facts_module):
+    """Lotus-D (IMG_TO_IMG) is one model call at a fixed timestep: every DyWeight path says so instead of
+    sampling, and its own one-step Euler workflow still runs."""
+    family, model, (positive, negative) = built("lotus-d")
+    refused = "image-to-image predictor.*DisableNoise"
+    with pytest.raises(ValueError, match=refused):
+        facts_module.facts_from_patcher(model)
+    with pytest.raises(ValueError, match=refused):
+        dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative, model_matrix.empty_latent(family))
+    with pytest.raises(ValueError, match=refused):
+        dw.DyWeightSigmas().get_sigmas(model, str(STEPS))
+    with pytest.raises(ValueError, match=refused):
+        stock(model, (positive, negative), family, "dyweight", "normal")
+    one_step = stock(model, (positive, negative), family, "euler", "normal", steps=1)
+    assert torch.isfinite(one_step).all()
