@@ -346,6 +346,30 @@ FAMILIES = {f.name: f for f in [
            (4, 8, 8), "eps",
            extras=lambda gen, batch: {"pooled_output": _randn(gen, batch, 1, CONTEXT),
                                       "stable_cascade_prior": _randn(gen, 1, 16, 2, 2)}),
+    Family("hunyuan-image-2.1-refiner", "HunyuanImage21Refiner",
+           {**HUNYUAN_VIDEO_DIT, "in_channels": 128, "out_channels": 64, "vec_in_dim": None, "patch_size": [1, 1, 1]},
+           (64, 1, 4, 4), "flow",
+           extras=lambda gen, batch: {"concat_latent_image": _randn(gen, 1, 64, 1, 4, 4), "noise_augmentation": 0.1}),
+    # Wan 2.2 S2V, as WanSoundImageToVideo conditions it: audio features (25 encoder layers × width × 4 per
+    # latent frame), a reference image, 19 latent frames of motion and the control video.
+    Family("wan22-s2v", "WAN22_S2V", _wan("s2v", audio_dim=32, num_audio_token=4, enable_adain=True, cond_dim=16,
+                                         audio_inject_layers=[0], adain_mode="attn_norm", framepack_drop_mode="padd"),
+           (16, 2, 8, 8), "flow",
+           extras=lambda gen, batch: {"audio_embed": _randn(gen, 1, 25, 32, 8),
+                                      "reference_latents": [_randn(gen, 1, 16, 1, 8, 8)],
+                                      "reference_motion": _randn(gen, 1, 16, 19, 8, 8),
+                                      "control_video": _randn(gen, 1, 16, 2, 8, 8)}),
+    # Wan HuMo (17B layout: the reference image joins through the concatenated channels), as
+    # WanHuMoImageToVideo conditions it: a reference latent and audio windows (latent frames + 1, 8, 5, 1280).
+    Family("wan21-humo", "WAN21_HuMo", _wan("humo", in_dim=36, audio_token_num=4), (16, 2, 8, 8), "flow",
+           extras=lambda gen, batch: {"reference_latents": [_randn(gen, 1, 16, 1, 8, 8)],
+                                      "audio_embed": _randn(gen, 1, 3, 8, 5, 1280)}),
+    # Wan 2.2 Animate, as WanAnimateToVideo conditions it without a face video: the reference image
+    # (concatenated), CLIP vision and the pose video's latent. (Its face video, 512×512 pixels through the
+    # model's fixed-size motion encoder, takes seconds per call on a CPU.)
+    Family("wan22-animate", "WAN22_Animate", _wan("animate", in_dim=36), (16, 2, 8, 8), "flow",
+           extras=_merged(_image_to_video(clip_vision=True),
+                          lambda gen, batch: {"pose_video_latent": _randn(gen, 1, 16, 1, 8, 8)})),
 ]}
 
 # Families the pack refuses, with a message saying how to run them: Lotus-D maps the image latent to its

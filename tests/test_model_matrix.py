@@ -5,7 +5,10 @@ KSampler (DyWeight) at denoise 1.0 and 0.6 with a batch of 2, and SamplerCustomA
 DyWeight Sampler + DyWeight Sigmas. The oracle is ComfyUI's own ``ipndm``: Adams–Bashforth (iPNDM) rows
 must give what the stock KSampler gives with ``ipndm`` on the same sigmas. Where a learned preset exists
 (the shipped DSS tables, NFE 5–10) the node and SamplerCustomAdvanced must pick and run the same one. The
-labels (prediction, σ_data) are checked against the hand-written family table.
+labels (prediction, σ_data) are checked against the hand-written family table. Image-conditioned
+families get the extras ComfyUI's conditioning nodes set (concatenated latents and masks, CLIP vision
+outputs, unCLIP embeddings, audio, camera and pose inputs); Lotus-D, which no multistep solver can
+sample, must be refused with a message saying how to run it. A family the host lacks is skipped, saying so.
 """
 import importlib
 
