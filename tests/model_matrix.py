@@ -164,6 +164,16 @@ SVD_UNET = {"use_checkpoint": False, "image_size": 32, "use_spatial_transformer"
             "use_temporal_attention": True, "extra_ff_mix_layer": True, "use_spatial_context": True,
             "merge_strategy": "learned_with_images", "video_kernel_size": [3, 1, 1]}
 
+HUNYUAN_DIT = {"image_model": "hydit", "input_size": [8, 8], "patch_size": 2, "in_channels": 4, "hidden_size": 88,
+               "depth": 2, "num_heads": 1, "text_states_dim": CONTEXT, "text_states_dim_t5": CONTEXT,
+               "text_len": TOKENS, "text_len_t5": TOKENS, "size_cond": False, "use_style_cond": False}
+
+
+def _hunyuan_dit_extras(gen, batch):
+    return {"attention_mask": _token_mask(batch), "conditioning_mt5xl": _randn(gen, batch, TOKENS, CONTEXT),
+            "attention_mask_mt5xl": _token_mask(batch)}
+
+
 FAMILIES = {f.name: f for f in [
     Family("sd15-eps", "SD15", _sd_unet(), (4, 8, 8), "eps", extras=_pooled(CONTEXT)),
     Family("sd15-v", "SD15", _sd_unet(), (4, 8, 8), "v", model_type="V_PREDICTION", extras=_pooled(CONTEXT)),
@@ -231,15 +241,11 @@ FAMILIES = {f.name: f for f in [
                                            "caption_channels": CONTEXT, "pe_interpolation": 1.0,
                                            "micro_condition": False, "model_max_length": TOKENS},
            (4, 40, 40), "eps"),
-    Family("hunyuan-dit", "HunyuanDiT", {"image_model": "hydit", "input_size": [8, 8], "patch_size": 2,
-                                         "in_channels": 4, "hidden_size": 88, "depth": 2, "num_heads": 1,
-                                         "text_states_dim": CONTEXT, "text_states_dim_t5": CONTEXT,
-                                         "text_len": TOKENS, "text_len_t5": TOKENS, "size_cond": False,
-                                         "use_style_cond": False},
-           (4, 8, 8), "v",
-           extras=lambda gen, batch: {"attention_mask": _token_mask(batch),
-                                      "conditioning_mt5xl": _randn(gen, batch, TOKENS, CONTEXT),
-                                      "attention_mask_mt5xl": _token_mask(batch)}),
+    Family("hunyuan-dit", "HunyuanDiT", HUNYUAN_DIT, (4, 8, 8), "v", extras=_hunyuan_dit_extras),
+    # v1.0: size and style conditioning and its own β schedule (linear_end 0.03).
+    Family("hunyuan-dit-1.0", "HunyuanDiT1", {**HUNYUAN_DIT, "image_model": "hydit1", "size_cond": True,
+                                              "use_style_cond": True}, (4, 8, 8), "v",
+           extras=_merged(_hunyuan_dit_extras, lambda gen, batch: {"width": 64, "height": 64})),
     Family("mochi", "GenmoMochi", {"image_model": "mochi_preview", "depth": 1, "patch_size": 2, "num_heads": 2,
                                    "hidden_size_x": 64, "hidden_size_y": 32, "mlp_ratio_x": 12288 / 64, "mlp_ratio_y": 2.0,
                                    "learn_sigma": False, "in_channels": 12, "qk_norm": True, "qkv_bias": False,
@@ -304,7 +310,8 @@ FAMILIES = {f.name: f for f in [
                                                        transformer_depth_output=[0, 0, 0, 0, 0, 0, 1, 1]),
            (4, 16, 16), "v",
            model_type="V_PREDICTION",
-           extras=lambda gen, batch: {"concat_image": _randn(gen, 1, 3, 16, 16).clamp(-1, 1), "noise_augmentation": 0.2}),
+           extras=lambda gen, batch: {"concat_image": _randn(gen, 1, 3, 16, 16).clamp(-1, 1),
+                                      "noise_augmentation": 0.2}),
     Family("flux-inpaint", "FluxInpaint", {**FLUX_DIT, "in_channels": 96, "guidance_embed": True}, (16, 8, 8), "flow",
            extras=lambda gen, batch: {"pooled_output": _randn(gen, batch, CONTEXT), "guidance": 30.0,
                                       "concat_latent_image": _randn(gen, 1, 16, 8, 8), "concat_mask": _square_mask()}),

@@ -49,7 +49,8 @@ def built(dw, host):
         if name not in cache:
             family = {**model_matrix.FAMILIES, **model_matrix.REFUSED_FAMILIES}[name]
             if not hasattr(comfy.supported_models, family.config):
-                comfy_host._skip(f"{name}: the ComfyUI at {host.path} has no {family.config} model (a later ComfyUI has)")
+                comfy_host._skip(f"{name}: the ComfyUI at {host.path} has no {family.config} model "
+                                 "(a later ComfyUI has)")
             cache[name] = (family, model_matrix.build(family), model_matrix.conditioning(family, seed=1))
         return cache[name]
 
@@ -180,7 +181,8 @@ def test_lotus_d_is_refused_with_how_to_run_it(dw, built, facts_module):
     with pytest.raises(ValueError, match=refused):
         facts_module.facts_from_patcher(model)
     with pytest.raises(ValueError, match=refused):
-        dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative, model_matrix.empty_latent(family))
+        dw.KSamplerDyWeight().sample(model, SEED, str(STEPS), CFG, positive, negative,
+                                     model_matrix.empty_latent(family))
     with pytest.raises(ValueError, match=refused):
         dw.DyWeightSigmas().get_sigmas(model, str(STEPS))
     with pytest.raises(ValueError, match=refused):
