@@ -221,6 +221,10 @@ FAMILIES = {f.name: f for f in [
            (16, 8, 8), "flow"),
     Family("wan21", "WAN21_T2V", _wan("t2v"), (16, 2, 8, 8), "flow"),
     Family("wan22", "WAN22_T2V", _wan("t2v", in_dim=48, out_dim=48), (48, 2, 8, 8), "flow"),
+    # Wan 2.2 TI2V: the start image sits in the latent, kept by its noise mask (Wan22ImageToVideoLatent),
+    # which the model also reads to give the kept frames timestep 0.
+    Family("wan22-ti2v", "WAN22_T2V", _wan("t2v", in_dim=48, out_dim=48), (48, 2, 8, 8), "flow",
+           noise_mask=lambda batch: _first_frame_kept(2, 8, 8).repeat(batch, 1, 1, 1, 1)),
     Family("hunyuan-video", "HunyuanVideo", HUNYUAN_VIDEO_DIT, (16, 2, 8, 8), "flow",
            extras=_pooled(CONTEXT, guidance=6.0)),
     Family("ltxv", "LTXV", {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64,
