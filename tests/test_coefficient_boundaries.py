@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_dyweight.coefficients import (
-    Coefficients, CoefficientError, CoefficientFileError, PresetRegistry, adams_bashforth, euler,
-    variable_step_adams_bashforth)
+    Coefficients, CoefficientError, CoefficientFileError, Preset, PresetRegistry, adams_bashforth,
+    adams_bashforth_preset, euler, variable_step_adams_bashforth)
 from comfyui_dyweight.coefficients.initializers import variable_step_rows
 from comfyui_dyweight.coefficients.io import METADATA_KEY
+from comfyui_dyweight.coefficients.presets import OFFICIAL_RELEASE
 
 F64 = torch.float64
 
@@ -58,6 +59,17 @@ def test_explicit_sigmas_must_be_n_plus_1_finite_decreasing_values(sigmas, accep
             phi_with(**change)
 
 
+@pytest.mark.parametrize("sigmas, shape", [(torch.tensor([3.0, 2.0, 1.0]), "(3,)"), ([3.0, 2.0, 1.0, 0.0], "()")])
+def test_sigmas_of_the_wrong_length_or_kind_name_what_is_needed(sigmas, shape):
+    with pytest.raises(CoefficientError, match=rf"sigmas must hold N\+1 = 4 values, got shape \{shape[:-1]}\)"):
+        phi_with(schedule={"kind": "explicit"}, sigmas=sigmas)
+
+
+def test_a_cfg_range_may_be_a_single_value():
+    record = {"kind": "cfg", "min": 3.5, "max": 3.5}
+    assert phi_with(cfg=record).cfg == record
+
+
 def test_detached_is_float32_on_the_cpu_without_history():
     weights = torch.tensor([[1.0], [1.0]], dtype=F64, requires_grad=True)
     scales = torch.ones(2, dtype=F64, requires_grad=True)
@@ -90,7 +102,7 @@ def test_variable_step_adams_bashforth_final_step_and_metadata():
 
 def test_variable_step_adams_bashforth_short_grids():
     assert variable_step_adams_bashforth([2.0, 0.0]).steps == 1  # one step, no AFS
-    with pytest.raises(CoefficientError):
+    with pytest.raises(CoefficientError, match="the grid is too short for this many steps"):
         variable_step_adams_bashforth([2.0, 0.0], afs=True)
 
 
@@ -124,6 +136,41 @@ def test_registry_lists_user_nfe_and_filters_by_steps(tmp_path):
     assert registry.find("SD15", "eps", 4, steps=4).path is None  # the stock KSampler's 4 sigmas: no AFS Φ
 
 
+def test_find_asks_the_host_whether_a_phi_runs_and_may_pass_over_fixed_grids(tmp_path):
+    trained(5, 0.9).save(tmp_path / "user.safetensors")
+    registry = PresetRegistry([tmp_path], include_shipped=False)
+    asked = []
+
+    def runs_nowhere(phi):
+        asked.append(phi.time_scale[0].item())
+        return False
+
+    assert registry.find("SD15", "eps", 5, runs=runs_nowhere).path is None and asked == [pytest.approx(0.9)]
+    assert registry.find("SD15", "eps", 5, runs=lambda phi: phi.nfe == 5).path.name == "user.safetensors"
+    grid = torch.tensor([9.0, 5.0, 2.0, 1.0, 0.5, 0.0])
+    (tmp_path / "user.safetensors").unlink()
+    dataclasses.replace(trained(5, 0.9), schedule={"kind": "explicit"}, sigmas=grid).save(tmp_path / "grid.safetensors")
+    assert registry.find("SD15", "eps", 5).path.name == "grid.safetensors"
+    assert registry.find("SD15", "eps", 5, fixed_grid=False).path is None  # img2img cannot run part of its grid
+
+
+def test_an_official_phi_serves_only_the_family_it_names(tmp_path):
+    official = dataclasses.replace(trained(5, 0.9), training={"source": f"{OFFICIAL_RELEASE}@0123abc", "iterations": 1})
+    official.save(tmp_path / "any-family.safetensors")  # no model_family: a user Φ would serve every model
+    registry = PresetRegistry([tmp_path], include_shipped=False)
+    assert registry.find("SD15", "eps", 5).path is None
+    dataclasses.replace(official, model_family="SD15").save(tmp_path / "sd15.safetensors")
+    assert registry.find("SD15", "eps", 5).describe() == "sd15.safetensors (dyweight, official, NFE 5)"
+    assert registry.find("SDXL", "eps", 5).path is None
+
+
+def test_describe_names_the_file_or_the_built_in_fallback(tmp_path):
+    assert Preset(None, adams_bashforth_preset(6)).describe() == "built-in adams-bashforth (dyweight, Adams–Bashforth, NFE 6)"
+    trained(5, 0.9).save(tmp_path / "mine.safetensors")
+    assert PresetRegistry([tmp_path], include_shipped=False).find("SD15", "eps", 5).describe() == (
+        "mine.safetensors (dyweight, user, NFE 5)")
+
+
 # --- the file loader -------------------------------------------------------------------------------------
 
 def write(path, tensors, document):
@@ -141,7 +188,7 @@ def load_error(path) -> CoefficientFileError:
 @pytest.mark.parametrize("change, reason, words", [
     (dict(bias=torch.ones(2)), "shape", "unexpected ['bias']"),
     (dict(time_scale=None), "shape", "missing ['time_scale']"),
-    (dict(sigmas=torch.ones(7)), "shape", "do not fit together"),
+    (dict(sigmas=torch.ones(7)), "shape", "'sigmas': (7,)"),
 ])
 def test_tensor_set_and_shapes(tmp_path, change, reason, words):
     phi = adams_bashforth(4, schedule={"kind": "explicit"}, sigmas=torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0]))
@@ -150,6 +197,15 @@ def test_tensor_set_and_shapes(tmp_path, change, reason, words):
     tensors = {name: tensor for name, tensor in tensors.items() if tensor is not None}
     error = load_error(write(tmp_path / "t.safetensors", tensors, phi.metadata()))
     assert error.reason == reason and words in str(error)
+
+
+def test_metadata_that_is_not_json_quotes_the_parser(tmp_path):
+    phi = adams_bashforth(3)
+    path = tmp_path / "bad.safetensors"
+    save_file({"weights": phi.weights.float(), "time_scale": phi.time_scale.float()}, str(path),
+              metadata={METADATA_KEY: '{"format": '})
+    error = load_error(path)
+    assert error.reason == "metadata_malformed" and "not valid JSON (Expecting value" in str(error)
 
 
 def test_metadata_that_is_not_an_object(tmp_path):
@@ -187,7 +243,8 @@ def test_a_header_filling_the_file_is_read_even_when_its_length_starts_like_a_pi
 
 def test_registry_read_names_missing_and_unreadable_files(tmp_path, monkeypatch):
     registry = PresetRegistry([tmp_path], include_shipped=False)
-    with pytest.raises(CoefficientFileError, match="gone.safetensors.*cannot be read") as caught:
+    with pytest.raises(CoefficientFileError, match=r"gone.safetensors.*cannot be read \(No such file or directory\)") \
+            as caught:
         registry.read(tmp_path / "gone.safetensors")
     assert caught.value.reason == "missing"
     (tmp_path / "locked.safetensors").write_bytes(b"x")
@@ -282,3 +339,212 @@ def test_dss_rows_before_the_last_must_sum_to_one():
         Coefficients(weights=rows, time_scale=torch.ones(3, dtype=F64), solver="dss")
     rows[1, 0] = 1.5  # now only the last row is off: it just places the end point
     assert Coefficients(weights=rows, time_scale=torch.ones(3, dtype=F64), solver="dss").solver == "dss"
+
+
+# --- the header reader at its exact limits ------------------------------------------------------------
+
+@pytest.mark.parametrize("length", range(8))
+def test_a_file_shorter_than_the_length_prefix_is_truncated(tmp_path, length):
+    path = tmp_path / "short.safetensors"
+    path.write_bytes(b"\x01" * length)
+    error = load_error(path)
+    assert error.reason == "truncated" and f"only {length} bytes long" in str(error)
+
+
+def test_a_length_prefix_alone_is_no_header(tmp_path):
+    path = tmp_path / "prefix.safetensors"
+    path.write_bytes(struct.pack("<Q", 0))  # 8 bytes: a header of 0 bytes, which is no JSON
+    error = load_error(path)
+    assert error.reason == "not_safetensors" and "bad header" in str(error)
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_header_one_byte_short_is_truncated(tmp_path, cut):
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(header_only_file(64)[:-cut])
+    assert load_error(path).reason == "truncated"
+
+
+@pytest.mark.parametrize("claimed, reason", [
+    ((1 << 24) - 1, "truncated"),       # below 16 MiB a header that runs past the end is a cut download
+    (1 << 24, "not_safetensors"),       # from 16 MiB on, without the "{" of a JSON header, it is other bytes
+    ((1 << 24) + 1, "not_safetensors"),
+])
+def test_a_header_running_past_the_end_without_json_is_truncated_below_16_mib(tmp_path, claimed, reason):
+    path = tmp_path / "claim.safetensors"
+    path.write_bytes(struct.pack("<Q", claimed) + b"x" * 64)
+    assert load_error(path).reason == reason
+
+
+def test_a_json_header_running_past_the_end_is_truncated_whatever_its_claimed_length(tmp_path):
+    path = tmp_path / "claim.safetensors"
+    path.write_bytes(struct.pack("<Q", 1 << 40) + b'{"weights": ')
+    assert load_error(path).reason == "truncated"
+
+
+def test_a_header_that_is_json_but_no_object(tmp_path):
+    path = tmp_path / "list.safetensors"
+    path.write_bytes(struct.pack("<Q", 8) + b"[1, 2]  ")
+    error = load_error(path)
+    assert error.reason == "not_safetensors" and "bad header" in str(error)
+
+
+def saved_phi_bytes(tmp_path) -> bytes:
+    phi = adams_bashforth(3)
+    return write(tmp_path / "whole.safetensors", {"weights": phi.weights.float(), "time_scale": phi.time_scale.float()},
+                 phi.metadata()).read_bytes()
+
+
+@pytest.mark.parametrize("cut", [1, 4, 12])
+def test_tensor_data_cut_short_names_both_byte_counts(tmp_path, cut):
+    whole = saved_phi_bytes(tmp_path)
+    (size,) = struct.unpack("<Q", whole[:8])
+    ends = [entry["data_offsets"][1] for name, entry in json.loads(whole[8:8 + size]).items() if name != "__metadata__"]
+    assert len(whole) - 8 - size == max(ends)  # the whole file: the data ends where the last tensor does
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(whole[:-cut])
+    error = load_error(path)
+    assert error.reason == "truncated" and f"stops at byte {max(ends) - cut} of {max(ends)}" in str(error)
+
+
+def test_a_header_without_padding_is_read_to_its_last_byte(tmp_path):
+    """safetensors pads its header with spaces; a writer that does not leaves "}" as the header's last byte."""
+    whole = saved_phi_bytes(tmp_path)
+    (size,) = struct.unpack("<Q", whole[:8])
+    text = whole[8:8 + size].rstrip(b" ")
+    assert text.endswith(b"}")
+    path = tmp_path / "unpadded.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + whole[8 + size:])
+    assert Coefficients.load(path).weights.tolist() == adams_bashforth(3).weights.tolist()
+
+
+@pytest.mark.parametrize("offsets", [[0, "48"], ["0", 48], [-1, 48], [True, 48], [0, 48, 48], [0], [], None, 48])
+def test_data_offsets_must_be_two_ordered_counts(tmp_path, offsets):
+    def change(header):
+        header["weights"]["data_offsets"] = offsets
+
+    error = load_error(file_with_header(tmp_path, change))
+    assert error.reason == "not_safetensors" and "bad header entry for tensor 'weights'" in str(error)
+
+
+def test_a_header_entry_that_is_no_object(tmp_path):
+    error = load_error(file_with_header(tmp_path, lambda header: header.update(weights=[0, 48])))
+    assert error.reason == "not_safetensors" and "bad header entry for tensor 'weights'" in str(error)
+
+
+def test_an_empty_tensor_has_equal_offsets_and_passes_the_header(tmp_path):
+    """A zero-size tensor's data_offsets are [a, a]: the header is fine, the tensor set is not."""
+    phi = adams_bashforth(3)
+    path = write(tmp_path / "empty.safetensors",
+                 {"weights": phi.weights.float(), "time_scale": phi.time_scale.float(), "bias": torch.zeros(0)},
+                 phi.metadata())
+    error = load_error(path)
+    assert error.reason == "shape" and "unexpected ['bias']" in str(error)
+
+
+@pytest.mark.parametrize("data", [b"\x80", b"\x80\x04\x95", b"PK\x03\x04", b"PK\x03\x04\x14\x00\x00\x00\x08"])
+def test_pickle_and_zip_starts_are_refused_even_when_shorter_than_a_header(tmp_path, data):
+    path = tmp_path / "start.safetensors"
+    path.write_bytes(data)
+    assert load_error(path).reason == "pickle"
+
+
+# --- a slice of a Φ's steps ----------------------------------------------------------------------------
+
+def slice_rows_by_hand(weights, start, stop):
+    """Rows start … stop − 1 of W, each weight of a gradient from before the slice moved onto the newest one."""
+    order = len(weights[0])
+    rows = []
+    for n in range(start, stop):
+        row = [0.0] * min(order, stop - start)
+        for k in range(order):
+            row[k if k <= n - start else 0] += weights[n][k]
+        rows.append(row)
+    return rows
+
+
+def sliceable_phi(**change):
+    generator = torch.Generator().manual_seed(3)
+    fields = dict(weights=torch.randn(6, 3, generator=generator, dtype=F64).tril(),
+                  time_scale=1 + 0.1 * torch.rand(6, generator=generator, dtype=F64), afs=True,
+                  schedule={"kind": "explicit"}, sigmas=torch.tensor([14.0, 9.0, 5.0, 2.5, 1.0, 0.3, 0.0], dtype=F64),
+                  training={"iterations": 10})
+    fields.update(change)
+    return Coefficients(**fields)
+
+
+@pytest.mark.parametrize("start, stop", [(0, 6), (0, 3), (2, 6), (3, 5), (1, 2), (5, 6), (0, 1)])
+def test_a_slice_keeps_its_rows_and_moves_earlier_gradients_onto_the_newest(start, stop):
+    phi = sliceable_phi(afs=(start, stop) != (0, 1))  # one AFS step alone would need no model at all
+    part = phi.steps_slice(start, stop)
+    expected = torch.tensor(slice_rows_by_hand(phi.weights.tolist(), start, stop), dtype=F64)
+    torch.testing.assert_close(part.weights, expected, rtol=1e-15, atol=1e-15)
+    assert part.weights.sum(1).tolist() == pytest.approx(phi.weights[start:stop].sum(1).tolist(), rel=1e-14)
+    assert part.time_scale.tolist() == phi.time_scale[start:stop].tolist()
+    assert part.sigmas.tolist() == phi.sigmas[start:stop + 1].tolist()
+    assert part.afs == (phi.afs and start == 0)
+    assert part.training == {"iterations": 10, "slice_of_steps": [start, stop]}
+    assert phi.weights.shape == (6, 3) and phi.training == {"iterations": 10}  # the whole Φ is unchanged
+
+
+def test_a_slice_of_a_phi_without_afs_never_gains_one():
+    assert not sliceable_phi(afs=False).steps_slice(0, 4).afs
+
+
+def test_a_slice_of_a_ddpm_time_grid_keeps_its_times():
+    weights = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.5, -0.5, 0.0, 0.0], [1.2, -0.4, 0.2, 0.0],
+                            [1.1, -0.2, 0.2, -0.1]], dtype=F64)
+    times = [0.999, 0.7, 0.4, 0.2, 0.0]
+    phi = Coefficients(weights=weights, time_scale=torch.ones(4, dtype=F64), solver="dss",
+                       schedule={"kind": "ddpm_time", "t": times})
+    part = phi.steps_slice(1, 3)
+    assert part.schedule == {"kind": "ddpm_time", "t": times[1:4]} and part.sigmas is None
+    torch.testing.assert_close(part.weights, torch.tensor(slice_rows_by_hand(weights.tolist(), 1, 3), dtype=F64),
+                               rtol=1e-15, atol=1e-15)
+    assert phi.schedule["t"] == times
+
+
+@pytest.mark.parametrize("start, stop", [(0, 0), (3, 3), (4, 3), (-1, 2), (0, 7), (6, 7)])
+def test_a_slice_must_lie_inside_the_steps(start, stop):
+    with pytest.raises(CoefficientError, match=f"steps {start}…{stop - 1} are not a slice of this Φ's 6 steps"):
+        sliceable_phi().steps_slice(start, stop)
+
+
+# --- the row-sum tolerance of DSS and of data-prediction averages ----------------------------------------
+
+def row_sum_limit(row) -> float:
+    """How far a row may sum from one: 1e-5 of its absolute sum, and at least 1e-5 (ROW_SUM_TOLERANCE)."""
+    return 1e-5 * max(sum(abs(weight) for weight in row), 1.0)
+
+
+def dss_phi_with_row(row, combine="gradient"):
+    """A 3-step DSS Φ whose middle row (N−2, which must sum to one) is ``row``."""
+    weights = torch.tensor([[1.0, 0.0, 0.0], [row[0], row[1], 0.0], [1.2, -0.4, 0.2]], dtype=F64)
+    return Coefficients(weights=weights, time_scale=torch.ones(3, dtype=F64), solver="dss", combine=combine)
+
+
+@pytest.mark.parametrize("row", [(1.25, -0.25), (1.5, -0.5), (4.0, -3.0), (0.6, 0.4)])
+@pytest.mark.parametrize("combine", ["gradient", "denoised"])
+def test_dss_rows_may_miss_one_by_just_under_the_tolerance(row, combine):
+    limit = row_sum_limit(row)
+    for miss, accepted in [(0.9 * limit, True), (-0.9 * limit, True), (1.1 * limit, False), (-1.1 * limit, False)]:
+        shifted = (row[0] + miss, row[1])
+        if accepted:
+            assert dss_phi_with_row(shifted, combine).weights[1, 0].item() == shifted[0]
+        else:
+            with pytest.raises(CoefficientError, match="row 1 .*sum"):
+                dss_phi_with_row(shifted, combine)
+
+
+@pytest.mark.parametrize("last_miss, accepted", [(0.9, True), (1.1, False)])
+def test_every_denoised_row_sums_to_one_up_to_the_tolerance_the_last_included(last_miss, accepted):
+    last = [1.2, -0.4, 0.2]
+    weights = torch.tensor([[1.0, 0.0, 0.0], [1.5, -0.5, 0.0], last], dtype=F64)
+    weights[2, 0] += last_miss * row_sum_limit(last)
+    fields = dict(weights=weights, time_scale=torch.ones(3, dtype=F64), combine="denoised")
+    if accepted:
+        assert Coefficients(**fields).combine == "denoised"
+    else:
+        with pytest.raises(CoefficientError, match="every row of weights must sum to 1.*row 2"):
+            Coefficients(**fields)
+    assert Coefficients(**{**fields, "combine": "gradient"}).combine == "gradient"  # no such rule for gradients

@@ -53,6 +53,7 @@ def test_base_sigmas_per_schedule_kind():
     assert base_sigmas(pixel).tolist() == pytest.approx(plain_karras(4, 0.002, 80.0, 7.0), rel=1e-12)
     flux = adams_bashforth(4, schedule={"kind": "flux", "mu": 1.15})
     assert torch.equal(base_sigmas(flux), flux_sigmas(4, 1.15)) and torch.equal(base_sigmas(flux, 6), flux_sigmas(6, 1.15))
+    assert base_sigmas(flux, dtype=torch.float32).dtype == torch.float32
     grid = torch.tensor([3.0, 2.0, 1.0, 0.0])
     explicit = adams_bashforth(3, schedule={"kind": "explicit"}, sigmas=grid)
     assert base_sigmas(explicit).dtype == F64 and base_sigmas(explicit).tolist() == grid.tolist()
@@ -69,6 +70,9 @@ def test_initial_coefficients_picks_fixed_or_variable_step():
     variable = initial_coefficients(4, 3, sigmas=grid, variable_step=True, prediction="eps")
     assert torch.equal(variable.weights, variable_step_adams_bashforth(grid, 3).weights) and variable.prediction == "eps"
     assert torch.equal(initial_coefficients(4, 2, sigmas=grid, afs=False).weights, adams_bashforth(4, 2).weights)
+    with_afs = initial_coefficients(4, 2, afs=True, prediction="flow")  # the other fields reach the fixed rows too
+    assert torch.equal(with_afs.weights, adams_bashforth(4, 2, afs=True).weights)
+    assert (with_afs.afs, with_afs.prediction) == (True, "flow")
     with pytest.raises(CoefficientError, match="needs the base grid"):
         initial_coefficients(4, 3, variable_step=True)
 
