@@ -42,7 +42,6 @@ def _coefficients(rows: list, order: int, afs: bool, final_denoise: bool, **meta
     if final_denoise:
         weights[-1] = 0
         weights[-1, 0] = 1  # Euler to σ = 0: x_N = D(x_{N−1}), as ComfyUI's ipndm does
-    metadata.setdefault("training", {})
     return Coefficients(weights=weights, time_scale=torch.ones(len(rows), dtype=torch.float64), afs=afs, **metadata)
 
 

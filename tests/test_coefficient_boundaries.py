@@ -65,6 +65,23 @@ def test_sigmas_of_the_wrong_length_or_kind_name_what_is_needed(sigmas, shape):
         phi_with(schedule={"kind": "explicit"}, sigmas=sigmas)
 
 
+@pytest.mark.parametrize("schedule", [{"kind": "comfy"}, {"kind": "comfy", "scheduler": 5}])
+def test_a_comfy_schedule_names_its_scheduler(schedule):
+    with pytest.raises(CoefficientError, match="^a 'comfy' schedule needs the ComfyUI scheduler name in 'scheduler'$"):
+        phi_with(schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", ["karras", {"scheduler": "karras"}, {"kind": "linear"}])
+def test_a_schedule_is_a_record_of_a_known_kind(schedule):
+    with pytest.raises(CoefficientError, match="^schedule must be a dict whose 'kind' is one of"):
+        phi_with(schedule=schedule)
+
+
+def test_an_unknown_solver_is_named():
+    with pytest.raises(CoefficientError, match="^solver must be one of \\('dyweight', 'dss'\\), got 'pndm'$"):
+        phi_with(solver="pndm")
+
+
 def test_a_cfg_range_may_be_a_single_value():
     record = {"kind": "cfg", "min": 3.5, "max": 3.5}
     assert phi_with(cfg=record).cfg == record
@@ -81,6 +98,17 @@ def test_detached_is_float32_on_the_cpu_without_history():
 
 
 # --- initialisers ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", [0, 5])
+def test_adams_bashforth_orders_are_1_to_4(order):
+    with pytest.raises(CoefficientError, match=f"^Adams–Bashforth order must be 1…4, got {order}$"):
+        adams_bashforth(5, order)
+
+
+def test_initialisers_start_in_float64():
+    for phi in (euler(3), adams_bashforth(3), variable_step_adams_bashforth([3.0, 2.0, 1.0, 0.0])):
+        assert phi.weights.dtype == F64 and phi.time_scale.dtype == F64 and phi.time_scale.tolist() == [1.0] * 3
+
 
 def test_euler_is_one_column_and_keeps_the_metadata():
     phi = euler(3, prediction="flow", model_family="Flux")
@@ -355,14 +383,15 @@ def test_a_length_prefix_alone_is_no_header(tmp_path):
     path = tmp_path / "prefix.safetensors"
     path.write_bytes(struct.pack("<Q", 0))  # 8 bytes: a header of 0 bytes, which is no JSON
     error = load_error(path)
-    assert error.reason == "not_safetensors" and "bad header" in str(error)
+    assert error.reason == "not_safetensors" and "not a safetensors file (bad header)" in str(error)
 
 
 @pytest.mark.parametrize("cut", [1, 2])
 def test_a_header_one_byte_short_is_truncated(tmp_path, cut):
     path = tmp_path / "cut.safetensors"
     path.write_bytes(header_only_file(64)[:-cut])
-    assert load_error(path).reason == "truncated"
+    error = load_error(path)
+    assert error.reason == "truncated" and "the file ends inside its header" in str(error)
 
 
 @pytest.mark.parametrize("claimed, reason", [
@@ -376,9 +405,10 @@ def test_a_header_running_past_the_end_without_json_is_truncated_below_16_mib(tm
     assert load_error(path).reason == reason
 
 
-def test_a_json_header_running_past_the_end_is_truncated_whatever_its_claimed_length(tmp_path):
+@pytest.mark.parametrize("claimed", [1 << 40, 1 << 63, (1 << 64) - 1])  # the prefix is unsigned
+def test_a_json_header_running_past_the_end_is_truncated_whatever_its_claimed_length(tmp_path, claimed):
     path = tmp_path / "claim.safetensors"
-    path.write_bytes(struct.pack("<Q", 1 << 40) + b'{"weights": ')
+    path.write_bytes(struct.pack("<Q", claimed) + b'{"weights": ')
     assert load_error(path).reason == "truncated"
 
 
@@ -430,6 +460,12 @@ def test_data_offsets_must_be_two_ordered_counts(tmp_path, offsets):
 def test_a_header_entry_that_is_no_object(tmp_path):
     error = load_error(file_with_header(tmp_path, lambda header: header.update(weights=[0, 48])))
     assert error.reason == "not_safetensors" and "bad header entry for tensor 'weights'" in str(error)
+
+
+def test_a_header_safetensors_itself_refuses_is_invalid(tmp_path):
+    """Offsets that fit the data but not the tensor's shape pass the header check; safetensors says why."""
+    error = load_error(file_with_header(tmp_path, lambda header: header["time_scale"].update(shape=[5])))
+    assert error.reason == "invalid" and "safetensors could not read it (" in str(error)
 
 
 def test_an_empty_tensor_has_equal_offsets_and_passes_the_header(tmp_path):

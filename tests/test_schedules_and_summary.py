@@ -28,6 +28,7 @@ def test_edm_sigmas_are_karras_eq5(steps):
         to_zero = edm_sigmas(steps, 0.03, 14.6, 5.0, to_zero=True)
         assert to_zero.tolist() == pytest.approx(plain_karras(steps, 0.03, 14.6, 5.0) + [0.0], rel=1e-12)
     assert edm_sigmas(steps, 0.002, 80.0, dtype=torch.float32).dtype == torch.float32
+    assert edm_sigmas(steps, 0.002, 80.0).tolist() == ends_at_min.tolist()  # ρ = 7 unless told
     with pytest.raises(CoefficientError, match="at least one step"):
         edm_sigmas(0, 0.002, 80.0)
 

@@ -201,8 +201,26 @@ def test_callback_runs_once_per_step_and_half_precision_keeps_dtype(mixture):
 
 
 def test_refuses_wrong_step_count(mixture, start):
-    with pytest.raises(SamplingError, match=r"5 steps .* schedule has 7 steps"):
+    with pytest.raises(SamplingError, match=r"5 steps \(NFE 5\) and needs 6 sigmas, but the schedule has 7 steps"):
         dyweight_sample(mixture.denoise, start, edm_sigmas(7, 0.002, 80.0), adams_bashforth(5))
+    with pytest.raises(SamplingError, match=r"needs 6 sigmas, but the schedule has a \(2, 3\)-shaped tensor steps"):
+        dyweight_sample(mixture.denoise, start, edm_sigmas(5, 0.002, 80.0)[:6].reshape(2, 3), adams_bashforth(5))
+
+
+def test_a_float64_phi_runs_in_float32_for_a_float32_batch(mixture, start):
+    """The working dtype is the batch's (at least float32), whatever Φ's: the same numbers as a float32 Φ."""
+    phi = dataclasses.replace(adams_bashforth(5, 3, divisor="net_sigma"), time_scale=torch.linspace(1.1, 0.9, 5, dtype=F64))
+    single = phi.detached(torch.float32)
+    sigmas = edm_sigmas(5, 0.002, 80.0)
+    asked = []
+
+    def model(x, sigma):
+        asked.append(sigma.dtype)
+        return mixture.denoise(x.double(), sigma.double()).float()
+
+    x = start.float()
+    assert torch.equal(dyweight_sample(model, x, sigmas, phi), dyweight_sample(model, x, sigmas.float(), single))
+    assert set(asked) == {torch.float32}
 
 
 def test_refuses_phi_that_drives_time_negative(mixture, start):
