@@ -36,7 +36,7 @@ def test_edm_rho_must_be_a_positive_finite_number(rho, accepted):
     if accepted:
         assert phi_with(**change).schedule["rho"] == rho
     else:
-        with pytest.raises(CoefficientError, match="positive 'rho'"):
+        with pytest.raises(CoefficientError, match="^an 'edm' schedule needs a positive 'rho'$"):
             phi_with(**change)
 
 
@@ -63,6 +63,88 @@ def test_explicit_sigmas_must_be_n_plus_1_finite_decreasing_values(sigmas, accep
 def test_sigmas_of_the_wrong_length_or_kind_name_what_is_needed(sigmas, shape):
     with pytest.raises(CoefficientError, match=rf"sigmas must hold N\+1 = 4 values, got shape \{shape[:-1]}\)"):
         phi_with(schedule={"kind": "explicit"}, sigmas=sigmas)
+
+
+@pytest.mark.parametrize("weights, shape", [(torch.zeros(0, 2), "(0, 2)"), (torch.zeros(3, 0), "(3, 0)"),
+                                            (torch.ones(3), "(3,)"), ([[1.0]], "()")])
+def test_weights_are_a_non_empty_matrix(weights, shape):
+    with pytest.raises(CoefficientError, match=rf"^weights must be an \[N, K\] tensor, got shape \{shape[:-1]}\)$"):
+        phi_with(weights=weights, time_scale=torch.ones(len(weights)))
+
+
+@pytest.mark.parametrize("time_scale, shape", [(torch.ones(2), "(2,)"), (torch.ones(3, 1), "(3, 1)"),
+                                               ([1.0, 1.0, 1.0], "()")])
+def test_time_scale_has_one_entry_per_step(time_scale, shape):
+    with pytest.raises(CoefficientError, match=rf"^time_scale must have one entry per step \(3\), got shape \{shape[:-1]}\)$"):
+        phi_with(time_scale=time_scale)
+
+
+@pytest.mark.parametrize("change", [dict(time_scale=torch.ones(3, dtype=torch.long)),
+                                    dict(weights=torch.tensor([[1, 0], [1, 0], [1, 0]]))])
+def test_weights_and_time_scales_are_floating_point(change):
+    with pytest.raises(CoefficientError, match="^weights and time_scale must be floating-point tensors$"):
+        phi_with(**change)
+
+
+@pytest.mark.parametrize("change", [dict(time_scale=torch.tensor([1.0, math.nan, 1.0])),
+                                    dict(time_scale=torch.tensor([1.0, 1.0, math.inf])),
+                                    dict(weights=torch.tensor([[1.0, 0.0], [math.nan, 0.0], [1.5, -0.5]]))])
+def test_weights_and_time_scales_are_finite(change):
+    with pytest.raises(CoefficientError, match=r"^weights and time_scale must be finite \(found NaN or Inf\)$"):
+        phi_with(**change)
+
+
+@pytest.mark.parametrize("value, accepted", [(2.0 ** -100, True), (0.0, False), (-0.0, False), (-1.0, False)])
+def test_time_scales_are_positive(value, accepted):
+    time_scale = torch.tensor([1.0, value, 1.0])
+    if accepted:
+        assert phi_with(time_scale=time_scale).time_scale[1].item() == value
+    else:
+        with pytest.raises(CoefficientError, match="^time scales must be positive"):
+            phi_with(time_scale=time_scale)
+
+
+def test_afs_is_a_bool_and_needs_a_second_step():
+    with pytest.raises(CoefficientError, match="^afs must be true or false, got 1$"):
+        phi_with(afs=1)
+    with pytest.raises(CoefficientError, match="^with the analytical first step a Φ needs at least 2 steps$"):
+        Coefficients(weights=torch.ones(1, 1), time_scale=torch.ones(1), afs=True)
+    assert Coefficients(weights=torch.ones(1, 1), time_scale=torch.ones(1)).nfe == 1
+    assert Coefficients(weights=torch.ones(2, 1), time_scale=torch.ones(2), afs=True).nfe == 1
+
+
+@pytest.mark.parametrize("name, value", [("sigma_min", -1.0), ("sigma_max", math.nan), ("cfg", math.inf),
+                                         ("cfg", True), ("sigma_max", "80")])
+def test_sigma_range_and_cfg_are_finite_numbers_at_least_zero(name, value):
+    with pytest.raises(CoefficientError, match=f"^{name} must be a finite number ≥ 0, got {value!r}$"):
+        phi_with(**{name: value})
+    assert getattr(phi_with(**{name: 0.0}), name) == 0.0
+
+
+@pytest.mark.parametrize("sigma_min, sigma_max", [(None, 80.0), (0.002, None), (None, None)])
+def test_an_edm_schedule_needs_both_ends_of_the_sigma_range(sigma_min, sigma_max):
+    with pytest.raises(CoefficientError, match="^an 'edm' schedule needs sigma_min and sigma_max$"):
+        phi_with(schedule={"kind": "edm", "rho": 7.0}, sigma_min=sigma_min, sigma_max=sigma_max)
+
+
+@pytest.mark.parametrize("mu", [math.nan, None, "1.15", True])
+def test_a_flux_schedule_needs_a_finite_shift(mu):
+    with pytest.raises(CoefficientError, match="^a 'flux' schedule needs the resolution shift 'mu'$"):
+        phi_with(schedule={"kind": "flux", "mu": mu})
+
+
+def test_training_and_source_are_records():
+    with pytest.raises(CoefficientError, match="^training must be a dict$"):
+        phi_with(training=["iterations", 5])
+    with pytest.raises(CoefficientError, match=r"^source must be a dict \(repository, commit, file, licence\) or absent$"):
+        phi_with(source="MCG-NJU/NeuralSolver")
+
+
+def test_a_cfg_range_is_copied_too():
+    record = {"kind": "cfg", "min": 2.0, "max": 6.0}
+    phi = phi_with(cfg=record)
+    record["max"] = 9.0
+    assert phi.cfg == {"kind": "cfg", "min": 2.0, "max": 6.0}
 
 
 @pytest.mark.parametrize("schedule", [{"kind": "comfy"}, {"kind": "comfy", "scheduler": 5}])
@@ -357,7 +439,8 @@ def test_ddpm_time_grids(times, accepted):
     if accepted:
         assert Coefficients(**fields).schedule["t"] == times
     else:
-        with pytest.raises(CoefficientError, match="'ddpm_time' schedule needs 't'"):
+        with pytest.raises(CoefficientError, match=r"^a 'ddpm_time' schedule needs 't': the DDPM times of the grid, "
+                                                   r"strictly decreasing in \[0, 1\]$"):
             Coefficients(**fields)
 
 
