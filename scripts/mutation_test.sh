@@ -4,6 +4,8 @@
 #   bash scripts/mutation_test.sh                # run, then list the survivors
 #   bash scripts/mutation_test.sh --max-children 2
 #   cd "$MUTMUT_STAGE" && mutmut show <name>     # the diff of one survivor (the stage is kept)
+#   MUTMUT_STAGE=<that stage> bash scripts/mutation_test.sh <name or glob>...   # re-run some mutants there
+# The last run's figures and every survivor with why it changes no result: bench/results/mutation.md.
 #
 # mutmut names each mutant after the module path of its file and needs the package importable under
 # that name, but this repository *is* the package (its root imports as `comfyui_dyweight`). So the

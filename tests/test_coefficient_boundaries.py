@@ -187,6 +187,11 @@ def test_adams_bashforth_orders_are_1_to_4(order):
         adams_bashforth(5, order)
 
 
+def test_euler_needs_a_history_window():
+    with pytest.raises(CoefficientError, match="^order must be ≥ 1, got 0$"):
+        euler(3, order=0)
+
+
 def test_initialisers_start_in_float64():
     for phi in (euler(3), adams_bashforth(3), variable_step_adams_bashforth([3.0, 2.0, 1.0, 0.0])):
         assert phi.weights.dtype == F64 and phi.time_scale.dtype == F64 and phi.time_scale.tolist() == [1.0] * 3
