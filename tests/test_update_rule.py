@@ -209,7 +209,8 @@ def test_refuses_wrong_step_count(mixture, start):
 
 def test_a_float64_phi_runs_in_float32_for_a_float32_batch(mixture, start):
     """The working dtype is the batch's (at least float32), whatever Φ's: the same numbers as a float32 Φ."""
-    phi = dataclasses.replace(adams_bashforth(5, 3, divisor="net_sigma"), time_scale=torch.linspace(1.1, 0.9, 5, dtype=F64))
+    phi = dataclasses.replace(adams_bashforth(5, 3, divisor="net_sigma"),
+                              time_scale=torch.linspace(1.1, 0.9, 5, dtype=F64))
     single = phi.detached(torch.float32)
     sigmas = edm_sigmas(5, 0.002, 80.0)
     asked = []
