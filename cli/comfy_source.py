@@ -95,9 +95,11 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
         if getattr(arguments, side) < 8 or getattr(arguments, side) % 8:
             raise ValueError(f"--{side} must be a positive multiple of 8, got {getattr(arguments, side)}")
     model_file = arguments.checkpoint or arguments.diffusion_model
+    default_cache_dir = host / "user" / "dyweight" / "teacher-cache"
+    cache_dir = arguments.cache_dir or default_cache_dir
     return DeferredSource(
-        name=Path(model_file).stem, opener=lambda body: open_source(arguments, host, prompts, body),
-        default_out=host / "models" / "dyweight", default_cache_dir=host / "user" / "dyweight" / "teacher-cache")
+        name=Path(model_file).stem, opener=lambda body: open_source(arguments, host, prompts, cache_dir, body),
+        default_out=host / "models" / "dyweight", default_cache_dir=default_cache_dir)
 
 
 def cfg_range_record(arguments: argparse.Namespace):
@@ -150,19 +152,24 @@ def _caption(line: str, number: int, path: Path) -> str:
     return caption.strip()
 
 
-def open_source(arguments: argparse.Namespace, host: Path, prompts: list, body):
-    """Import ComfyUI, load and encode, then ``body(live source)`` inside ComfyUI's sampling context."""
+def open_source(arguments: argparse.Namespace, host: Path, prompts: list, cache_dir: Path, body):
+    """Import ComfyUI, load and encode (the encodings cached in ``cache_dir`` with the teacher pairs), then
+    ``body(live source)`` inside ComfyUI's sampling context."""
     import_comfyui(host, cpu=arguments.cpu)
     import torch
 
     from ..host import training_target  # imports comfy: only now that the host is importable
+    from ..host.encodings import encode_prompts
     from ..host.model_facts import check_scheduler, facts_from_patcher
 
     with torch.inference_mode():  # as ComfyUI runs its loader and text-encode nodes (2024 loaders need it)
         model, clip, model_file = load_model(arguments.checkpoint, arguments.diffusion_model,
                                              arguments.text_encoder or (), arguments.clip_type)
-        negative = training_target.encode_prompt(clip, arguments.negative)
-        positives = [training_target.encode_prompt(clip, text) for text in prompts]
+        encoded = encode_prompts(clip, [arguments.negative, *prompts], cache_dir)
+    negative, *positives = encoded.conditionings
+    if encoded.reused:
+        print(f"train: {encoded.reused} of {len(prompts) + 1} prompt encodings (the negative included) reused "
+              f"from {cache_dir / 'encodings'}", file=sys.stderr)
     facts = facts_from_patcher(model)
     flux = facts.family.lower().startswith("flux")
     cfg = arguments.cfg if arguments.cfg is not None else (DEFAULT_FLUX_CFG if flux else DEFAULT_CFG)

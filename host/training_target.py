@@ -171,22 +171,6 @@ def make_weights_differentiable(module: torch.nn.Module) -> int:
     return replaced
 
 
-def encode_prompt(clip, text: str) -> list:
-    """The CONDITIONING of ``text``, exactly as ComfyUI's CLIPTextEncode node makes it.
-
-    Current hosts: ``encode_from_tokens_scheduled`` (hooks, pooled output and the model's extra keys);
-    2024 hosts: ``encode_from_tokens(return_pooled=True)`` → ``[[cond, {"pooled_output": pooled}]]``.
-    """
-    if clip is None:
-        raise ValueError("no text encoder to encode the prompts with (a checkpoint without CLIP needs "
-                         "separate text encoder files)")
-    tokens = clip.tokenize(text)
-    if hasattr(clip, "encode_from_tokens_scheduled"):
-        return clip.encode_from_tokens_scheduled(tokens)
-    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-    return [[cond, {"pooled_output": pooled}]]
-
-
 def with_guidance(conditioning: list, guidance: float) -> list:
     """The conditioning with ``guidance`` set on every entry, as ComfyUI's FluxGuidance node sets it."""
     return [[tensor, {**extra, "guidance": guidance}] for tensor, extra in conditioning]

@@ -10,7 +10,8 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..host.training_target import COMFY_DEFAULTS, ComfyTarget, distill_for_comfy, encode_prompt, latent_shape
+from ..host.encodings import encode_prompts
+from ..host.training_target import COMFY_DEFAULTS, ComfyTarget, distill_for_comfy, latent_shape
 from ..trainer.progress import TrainingInterrupted
 from ..trainer.report import validation_markdown
 from .constants import COEFFICIENTS, FOLDER_NAME, LOG, PHI_OUTPUT, SAMPLER_NAME, TRAINING_CATEGORY
@@ -25,7 +26,8 @@ def teacher_choices() -> list:
 
 
 def cache_folder() -> Path:
-    """Teacher pairs are kept in the user directory (models/dyweight/ would list them as coefficients)."""
+    """Teacher pairs and prompt encodings are kept in the user directory (models/dyweight/ would list them
+    as coefficients)."""
     base = folder_paths.get_user_directory() if hasattr(folder_paths, "get_user_directory") \
         else folder_paths.get_temp_directory()
     return Path(base) / "dyweight" / "teacher-cache"
@@ -128,9 +130,9 @@ class DyWeightTrain:
         if not prompt_list:
             raise ValueError("DyWeight training needs at least one prompt (one per line)")
         path = output_path(file_name, steps)
-        negative_conditioning = encode_prompt(clip, negative)
+        negative_conditioning, *positives = encode_prompts(clip, [negative, *prompt_list], cache_folder()).conditionings
         cfg_range = {"kind": "cfg", "min": cfg, "max": cfg_max} if cfg_max > cfg else None
-        target = ComfyTarget(model, [(encode_prompt(clip, text), negative_conditioning) for text in prompt_list], cfg,
+        target = ComfyTarget(model, [(positive, negative_conditioning) for positive in positives], cfg,
                              latent_shape(model, width, height), cfg_range=cfg_range)
         try:
             result = distill_for_comfy(

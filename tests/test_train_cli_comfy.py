@@ -187,7 +187,8 @@ def test_prompts_are_encoded_and_guided_exactly_as_the_stock_nodes_do(workspace)
     import nodes
     import torch
 
-    from comfyui_dyweight.host.training_target import encode_prompt, with_guidance
+    from comfyui_dyweight.host.encodings import encode_prompt
+    from comfyui_dyweight.host.training_target import with_guidance
 
     with torch.inference_mode():
         clip = comfy.sd.load_checkpoint_guess_config(str(workspace.checkpoint), output_vae=False)[1]
