@@ -12,8 +12,10 @@ at fixed times. A DyWeight run needs no path and keeps only the endpoints.
 
 The cache is one safetensors file per key, named by the SHA-256 of the key; the key itself is stored in
 the file's metadata and checked on load, so a changed model, teacher, noise or prompt set never hits.
-A run interrupted during generation leaves the finished pairs in the same file marked incomplete, and
-the next run continues from there. Files are written atomically and never unpickled.
+A run interrupted during generation leaves the finished pairs in the same file marked incomplete (one
+process), or each rank's in a part file beside it (``torchrun``: a peer may be gone, so the ranks do not
+gather first), and the next run, on any number of ranks, continues from all of them; the complete file
+replaces the parts. Files are written atomically and never unpickled.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -169,65 +172,56 @@ def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, l
     """Run ``teacher`` from each latent on ``sigmas`` in batches, or read the finished pairs from ``store``.
 
     With ``path``, the teacher's state at every grid point is kept too (the teacher must report its
-    steps through k-diffusion's ``callback``). An incomplete file at ``store`` is continued; on any
-    interruption the finished batches are saved there before the exception propagates (one process
-    only). On several ranks each runs its share of the batches and the results are gathered
-    (:mod:`.distributed`); rank 0 writes ``store``.
+    steps through k-diffusion's ``callback``). The pairs found at ``store`` (an incomplete file, and the
+    parts an interrupted multi-rank run left beside it) are not run again; on any interruption the
+    finished batches are saved before the exception propagates: into ``store`` by one process, into a
+    part file of its own by each of several ranks (whose peers may be gone). On several ranks each runs
+    its share of the batches and the results are gathered (:mod:`.distributed`); rank 0 writes ``store``.
     """
-    done, done_path, seconds = _cached(store, key, noise.device)
+    count = noise.shape[0]
+    known, target, trajectories, seconds = _cached(store, key, noise, len(sigmas) if path else None)
     path_sigmas = sigmas.double().cpu() if path else None
-    if done is not None and done.shape[0] == noise.shape[0]:
-        return TeacherRun(PairSet(seeds, noise, done, labels, done_path, path_sigmas, guidance), True, seconds)
+    if known.all():
+        return TeacherRun(PairSet(seeds, noise, target, labels, trajectories, path_sigmas, guidance), True, seconds)
     inputs = PairSet(seeds, noise, None, labels, guidance=guidance)
-    targets = [] if done is None else [done]
-    paths = [] if done_path is None else [done_path]
-    first = count = 0 if done is None else done.shape[0]
+    todo = (~known).nonzero().flatten()
+    mine = torch.zeros(count, dtype=torch.bool)  # the pairs this process runs, as they finish
     ranks = distributed.ranks()
-    reporter.begin("teacher pairs", count, noise.shape[0], unit="pair")
+    reporter.begin("teacher pairs", int(known.sum()), count, unit="pair")
     started = time.monotonic()
-
-    def save(elapsed: float) -> None:
-        _store_pairs(store, key, inputs, torch.cat(targets), torch.cat(paths) if path else None, elapsed)
-
     try:
-        for start in ranks.share(range(first, noise.shape[0], batch_size)):  # every batch on one rank
-            batch = inputs.subset(slice(start, start + batch_size))
+        for batch_index in ranks.share(todo.split(batch_size)):  # every batch on one rank
+            batch = inputs.subset(batch_index)
             with torch.no_grad():
-                target, trajectory = _solve(teacher, batch.bind(denoise), batch.noise, sigmas, path)
-            _check_target(target, batch, teacher)
-            targets.append(target.detach())
-            paths.extend([] if trajectory is None else [trajectory])
-            count += batch.noise.shape[0]
-            reporter.teacher(min(first + (count - first) * ranks.world, noise.shape[0]), noise.shape[0])
-    except BaseException:
-        if store is not None and count > first and ranks.world == 1:
-            save(seconds + time.monotonic() - started)
+                solved, trajectory = _solve(teacher, batch.bind(denoise), batch.noise, sigmas, path)
+            _check_target(solved, batch, teacher)
+            target[batch_index.to(target.device)] = solved.detach().to(target)
+            if path:
+                trajectories[batch_index] = trajectory
+            mine[batch_index] = True
+            reporter.teacher(min(int(known.sum()) + int(mine.sum()) * ranks.world, count), count)
+        if ranks.world > 1 and len(todo):  # each row filled by one rank, zeros elsewhere: the sum is exact
+            rows = todo.to(target.device)
+            target[rows] = ranks.sum_rows(target[rows])
+            if path:
+                trajectories[todo] = ranks.sum_rows(trajectories[todo])
+    except BaseException:  # an interruption, or a peer gone before the gather
+        if store is not None and mine.any():
+            elapsed = time.monotonic() - started
+            if ranks.world == 1:
+                _store_pairs(store, key, known | mine, target, trajectories, seconds + elapsed, inputs)
+                _remove_parts(store)  # the store now holds their pairs too
+            else:
+                _store_pairs(_part_path(store, ranks.rank), key, mine, target, trajectories, elapsed)
         raise
     finally:
         reporter.end()
     seconds += time.monotonic() - started
-    if ranks.world > 1:
-        targets = [_gathered(ranks, targets, done, noise.shape[0], batch_size, noise[0])]
-        if path:  # the teacher's states at its M + 1 grid points, on the CPU
-            row = torch.zeros((len(sigmas), *noise.shape[1:]), dtype=torch.float32)
-            paths = [_gathered(ranks, paths, done_path, noise.shape[0], batch_size, row)]
     if store is not None and ranks.main:
-        save(seconds)
+        _store_pairs(store, key, torch.ones(count, dtype=torch.bool), target, trajectories, seconds, inputs)
+        _remove_parts(store)
     ranks.barrier()  # the cache is complete before any rank goes on
-    return TeacherRun(PairSet(seeds, noise, torch.cat(targets), labels, torch.cat(paths) if path else None,
-                              path_sigmas, guidance), False, seconds)
-
-
-def _gathered(ranks, parts: list, done: Optional[torch.Tensor], count: int, batch_size: int, like: torch.Tensor):
-    """Every rank's teacher results (``parts``: ``done`` first, if any, then this rank's batches) in pair
-    order, one row shaped and typed as ``like``: each rank fills its batches' rows of a zero tensor and
-    the tensors are summed across ranks (x + 0 = x: exact)."""
-    first = 0 if done is None else done.shape[0]
-    rows = torch.zeros((count - first, *like.shape), dtype=like.dtype, device=like.device)
-    for start, part in zip(ranks.share(range(first, count, batch_size)), parts[int(done is not None):]):
-        rows[start - first:start - first + part.shape[0]] = part
-    rows = ranks.sum_rows(rows)
-    return rows if done is None else torch.cat([done.to(rows), rows])
+    return TeacherRun(PairSet(seeds, noise, target, labels, trajectories, path_sigmas, guidance), False, seconds)
 
 
 def _solve(teacher: Teacher, denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor, path: bool):
@@ -257,30 +251,64 @@ def _check_target(target: torch.Tensor, batch: PairSet, teacher: Teacher) -> Non
                          "its settings (CFG, dtype) and the teacher's schedule")
 
 
-def _cached(store: Optional[Path], key: dict, device: torch.device):
-    """The teacher targets (and paths) already stored for ``key`` (all, or the first ones of an
-    interrupted run), and the teacher's seconds so far."""
-    if store is None or not store.is_file():
-        return None, None, 0.0
-    try:
-        with safe_open(str(store), framework="pt", device=str(device)) as stored:
-            document = json.loads((stored.metadata() or {})[METADATA_KEY])
-            if document.get("key") != key:
-                return None, None, 0.0  # a hash collision or a hand-copied file: not ours
-            path = stored.get_tensor("path").cpu() if "path" in stored.keys() else None
-            return stored.get_tensor("target"), path, float(document.get("teacher_seconds", 0.0))
-    except (OSError, ValueError, KeyError, SafetensorError):
-        return None, None, 0.0  # unreadable: regenerate and replace it
+def _cached(store: Optional[Path], key: dict, noise: torch.Tensor, path_points: Optional[int]):
+    """What ``store`` and its part files hold for ``key``: ``(known [P] bool, targets [P, …], paths
+    [P, M+1, …] on the CPU or ``None``, the teacher's seconds so far)``, zeros in the rows not known.
+    A file that is unreadable or another key's is passed over (its pairs are run again)."""
+    count = noise.shape[0]
+    known = torch.zeros(count, dtype=torch.bool)
+    target = torch.zeros_like(noise)
+    paths = None if path_points is None else torch.zeros((count, path_points, *noise.shape[1:]))
+    seconds = part_seconds = 0.0
+    if store is None:
+        return known, target, paths, seconds
+    for index, file in enumerate([store, *sorted(store.parent.glob(f"{store.stem}.part-*.safetensors"))]):
+        if not file.is_file():
+            continue
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as stored:
+                document = json.loads((stored.metadata() or {})[METADATA_KEY])
+                if document.get("key") != key:
+                    continue  # a hash collision or a hand-copied file: not ours
+                rows = stored.get_tensor("target")
+                done = stored.get_tensor("index") if "index" in stored.keys() else torch.arange(rows.shape[0])
+                path = stored.get_tensor("path") if paths is not None else None
+                target[done.to(target.device)] = rows.to(target)
+                if path is not None:
+                    paths[done] = path.to(paths)
+                known[done] = True
+                if index == 0:
+                    seconds = float(document.get("teacher_seconds", 0.0))
+                else:  # ranks run side by side: the slowest one's time
+                    part_seconds = max(part_seconds, float(document.get("teacher_seconds", 0.0)))
+        except (OSError, ValueError, KeyError, IndexError, RuntimeError, SafetensorError):
+            continue  # unreadable: regenerate (and replace) its pairs
+    return known, target, paths, seconds + part_seconds
 
 
-def _store_pairs(store: Path, key: dict, inputs: PairSet, target, path, seconds: float) -> None:
-    tensors = {"noise": inputs.noise, "seeds": inputs.seeds, "target": target}
-    if inputs.labels is not None:
-        tensors["labels"] = inputs.labels
+def _part_path(store: Path, rank: int) -> Path:
+    """Where rank ``rank`` of an interrupted run keeps the pairs it finished (unique to this process)."""
+    return store.with_name(f"{store.stem}.part-{rank}-{os.getpid()}-{time.time_ns()}.safetensors")
+
+
+def _remove_parts(store: Path) -> None:
+    for part in store.parent.glob(f"{store.stem}.part-*.safetensors"):
+        part.unlink(missing_ok=True)
+
+
+def _store_pairs(store: Path, key: dict, done: torch.Tensor, target: torch.Tensor, path: Optional[torch.Tensor],
+                 seconds: float, inputs: Optional[PairSet] = None) -> None:
+    """The ``done`` rows of ``target`` (and ``path``) with their pair ``index``, and the pairs' inputs
+    (noise, seeds, labels) when given."""
+    index = done.nonzero().flatten()
+    tensors = {"index": index, "target": target[index.to(target.device)]}
     if path is not None:
-        tensors["path"] = path
-    document = {"key": key, "done": int(target.shape[0]), "complete": target.shape[0] == inputs.noise.shape[0],
-                "teacher_seconds": seconds}
+        tensors["path"] = path[index]
+    if inputs is not None:
+        tensors.update(noise=inputs.noise, seeds=inputs.seeds)
+        if inputs.labels is not None:
+            tensors["labels"] = inputs.labels
+    document = {"key": key, "done": int(index.numel()), "complete": bool(done.all()), "teacher_seconds": seconds}
     with atomic_path(store) as temporary:
         save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(temporary),
                   metadata={METADATA_KEY: json.dumps(document, sort_keys=True)})
