@@ -4,9 +4,13 @@ A run over thousands of prompts (arXiv 2603.11607 distils FLUX on 5,000 COCO cap
 most of a rerun or a resume in the text encoder; the teacher pairs are cached, so the encodings are too.
 Each prompt's encoding is one safetensors file in ``<cache>/encodings/``, named by the hash of its key:
 
-* the text encoder's identity (:func:`encoder_identity`): a SHA-256 of every weight of the encoder as
-  ComfyUI loads it for this CLIP (its LoRAs and patches applied), the patches themselves (weights that
-  low-VRAM mode patches on the fly), the CLIP layer it stops at, its class, device and the torch version;
+* the text encoder's identity (:class:`EncodingCache`): its class, the names, shapes and dtypes of its
+  weights, its patches (LoRAs), the CLIP layer it stops at, its device and the torch version, and a
+  SHA-256 of every weight the encoder *reads* as ComfyUI loads it for this CLIP (patches applied).
+  Which weights it reads is recorded while it encodes (every tensor that enters a torch operation)
+  and kept beside the encodings: a checkpoint may hold weights the encoder never uses, and ComfyUI
+  leaves those it does not find in the file uninitialised (SD1.5's CLIP-L text projection), so hashing
+  every weight would give one checkpoint a new identity on every load;
 * the prompt's tokens (``clip.tokenize``), not its text: they carry the tokenizer's options, prompt
   weights and textual-inversion embeddings, so a changed embedding file changes the key too.
 
@@ -29,12 +33,16 @@ from typing import Optional, Sequence
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_text_atomic
 
 LOG = logging.getLogger("comfyui_dyweight")
 FORMAT = "dyweight-encoding/1"
 METADATA_KEY = "dyweight_encoding"
+#: Tensor functions that read a tensor's shape, type or place but not its values (attribute getters too).
+METADATA_ONLY = {"__get__", "size", "dim", "numel", "nelement", "element_size", "stride", "storage_offset",
+                 "is_contiguous", "is_floating_point", "data_ptr", "get_device", "untyped_storage"}
 #: Extras values stored as JSON: exactly these types round-trip unchanged (no subclasses).
 PLAIN_TYPES = (type(None), bool, int, float, str)
 
@@ -73,48 +81,146 @@ def encode_prompts(clip, texts: Sequence[str], cache_dir=None) -> EncodedPrompts
     """The CONDITIONING of every text (:func:`encode_prompt`), read from ``cache_dir/encodings`` where a
     file for this encoder and these tokens exists, encoded (and stored there) otherwise."""
     _check_clip(clip)
-    identity = None if cache_dir is None else encoder_identity(clip)
+    cache = None if cache_dir is None else EncodingCache(clip, Path(cache_dir) / "encodings")
     conditionings, reused = [], 0
     for text in texts:
         tokens = clip.tokenize(text)
-        path, key = _entry(cache_dir, identity, tokens)
-        conditioning = None if path is None else _restored(path, key)
+        conditioning = None if cache is None else cache.restored(tokens)
         if conditioning is None:
-            conditioning = encode_tokens(clip, tokens)
-            if path is not None:
-                _store(path, key, text, conditioning)
+            conditioning = encode_tokens(clip, tokens) if cache is None else cache.encoded(tokens, text)
         else:
             reused += 1
         conditionings.append(conditioning)
     return EncodedPrompts(conditionings, reused)
 
 
-def encoder_identity(clip) -> Optional[dict]:
-    """What a prompt's encoding depends on besides its tokens, or ``None`` when that cannot be told
-    (hooks schedule the encoding, or a weight is not readable): see the module's notes.
+class EncodingCache:
+    """The encodings of one CLIP in ``folder``: :meth:`restored` reads a prompt's, :meth:`encoded` makes
+    and stores one. Nothing is cached when hooks schedule the encoding or its inputs cannot be told."""
 
-    The weights are hashed as ComfyUI loads them to encode (``clip.load_model()`` applies this CLIP's
-    patches in place and takes back another clone's), so the digest is of the weights the encoder
-    runs with; reading every byte costs about a second per GB, once per run.
-    """
+    def __init__(self, clip, folder: Path):
+        self.clip, self.folder = clip, folder
+        self.structure = _structure(clip)
+        self.record = None if self.structure is None else \
+            folder / f"reads-{_hashed(self.structure)[:24]}.json"
+        self.reads = self._read_record()
+        self.identity = self._identity()
+
+    def restored(self, tokens) -> Optional[list]:
+        path, key = self._entry(tokens)
+        return None if path is None else _restored(path, key)
+
+    def encoded(self, tokens, text: str) -> list:
+        """Encode ``tokens``, note the weights read, and store the encoding under the identity that
+        covers them."""
+        if self.structure is None:
+            return encode_tokens(self.clip, tokens)
+        self.clip.load_model()  # as the encode does: the weights it reads are the ones loaded now
+        with _WeightDependencies(self.clip.patcher.model) as dependencies:
+            conditioning = encode_tokens(self.clip, tokens)
+        read = dependencies.of(conditioning)
+        if not read <= set(self.reads or ()):
+            self.reads = sorted(read | set(self.reads or ()))
+            write_text_atomic(self.record, json.dumps({"structure": self.structure, "reads": self.reads}))
+            self.identity = self._identity()
+        path, key = self._entry(tokens)
+        if path is not None:
+            _store(path, key, text, conditioning)
+        return conditioning
+
+    def _entry(self, tokens):
+        """(file, key) of the prompt with ``tokens``, or ``(None, None)`` when it is not cached."""
+        if self.identity is None:
+            return None, None
+        try:
+            key = {"encoder": self.identity, "tokens": exact_digest(tokens)}
+        except NotStorable:
+            return None, None
+        return self.folder / f"{_hashed(key)[:32]}.safetensors", key
+
+    def _read_record(self) -> Optional[list]:
+        """The weights this encoder was seen reading (``None``: not recorded yet, or unreadable)."""
+        if self.record is None or not self.record.is_file():
+            return None
+        try:
+            document = json.loads(self.record.read_text(encoding="utf-8"))
+            if document["structure"] == self.structure and all(isinstance(name, str) for name in document["reads"]):
+                return list(document["reads"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            LOG.warning("DyWeight: %s is unreadable (%s); the next encoding records it again", self.record, error)
+        return None
+
+    def _identity(self) -> Optional[dict]:
+        if self.reads is None:
+            return None
+        self.clip.load_model()
+        weights = hashlib.sha256()
+        state = self.clip.patcher.model.state_dict()
+        try:
+            for name in self.reads:
+                weights.update(f"{name}{state[name].dtype}{tuple(state[name].shape)}".encode())
+                weights.update(_tensor_bytes(state[name]))
+        except (KeyError, RuntimeError, NotImplementedError):  # e.g. a weight on the meta device
+            return None
+        return {**self.structure, "weights": weights.hexdigest()}
+
+
+def _structure(clip) -> Optional[dict]:
+    """The encoder's identity but for its weights' values (``None`` when it cannot be cached)."""
     patcher = clip.patcher
     if getattr(patcher, "forced_hooks", None) is not None or getattr(clip, "apply_hooks_to_conds", None):
         return None
-    clip.load_model()
+    clip.load_model()  # applies this CLIP's patches in place (and takes back another clone's)
     module = patcher.model
-    weights = hashlib.sha256()
     try:
-        for name, tensor in module.state_dict().items():
-            weights.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
-            weights.update(_tensor_bytes(tensor))
+        tensors = exact_digest([[name, str(tensor.dtype), list(tensor.shape)]
+                                for name, tensor in module.state_dict().items()])
         patches = exact_digest(getattr(patcher, "patches", {}))
-    except (NotStorable, RuntimeError, NotImplementedError):  # e.g. weights on the meta device
+    except NotStorable:
         return None
     return {"format": FORMAT, "class": f"{type(module).__module__}.{type(module).__qualname__}",
-            "weights": weights.hexdigest(), "patches": patches, "layer": getattr(clip, "layer_idx", None),
+            "tensors": tensors, "patches": patches, "layer": getattr(clip, "layer_idx", None),
             "lowvram": [bool(getattr(module, "model_lowvram", False)),
                         int(getattr(module, "lowvram_patch_counter", 0))],
             "device": str(patcher.load_device), "torch": torch.__version__}
+
+
+class _WeightDependencies(TorchFunctionMode):
+    """Within the block, follows which weights of ``module`` each tensor was computed from, through
+    every torch operation (ComfyUI's casts, the layers, the pooling); :meth:`of` then names the weights
+    a result depends on. A weight that is computed with but does not reach the result (SD1.5's text
+    projection, whose output ComfyUI drops) is not among them."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.sources = {id(tensor): frozenset([name]) for name, tensor in module.state_dict(keep_vars=True).items()}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if getattr(func, "__name__", None) not in METADATA_ONLY:
+            sources = frozenset().union(*self._found((args, tuple(kwargs.values()))))
+            for tensor in _tensors(result):  # an in-place op's result is among its inputs: it keeps its sources
+                self.sources[id(tensor)] = sources
+        return result
+
+    def _found(self, values):
+        return [self.sources.get(id(tensor), frozenset()) for tensor in _tensors(values)]
+
+    def of(self, value) -> set:
+        return set().union(*self._found(value))
+
+
+def _tensors(value):
+    """The tensors in ``value`` (nested lists, tuples and dict values)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
 
 
 def exact_digest(value) -> str:
@@ -153,16 +259,8 @@ def _check_clip(clip) -> None:
                          "separate text encoder files)")
 
 
-def _entry(cache_dir, identity: Optional[dict], tokens):
-    """(file, key) of the prompt with ``tokens``, or ``(None, None)`` when it is not cached."""
-    if identity is None:
-        return None, None
-    try:
-        key = {"encoder": identity, "tokens": exact_digest(tokens)}
-    except NotStorable:
-        return None, None
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return Path(cache_dir) / "encodings" / f"{name}.safetensors", key
+def _hashed(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _store(path: Path, key: dict, text: str, conditioning) -> None:

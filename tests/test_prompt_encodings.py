@@ -16,19 +16,31 @@ PROMPTS = ["", "a photo of a cat", "a watercolour landscape", "(a red cube:1.3),
 
 
 @pytest.fixture(scope="module")
-def clip(host, tmp_path_factory):
+def checkpoint(host, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encodings_ckpt")
+    return folder / "checkpoints" / comfy_host.write_tiny_checkpoint(folder)
+
+
+def load_clip(checkpoint):
+    """The checkpoint's CLIP as CheckpointLoaderSimple loads it (what a new process or a new graph gets)."""
     import comfy.sd
 
-    folder = tmp_path_factory.mktemp("encodings_ckpt")
-    name = comfy_host.write_tiny_checkpoint(folder)
     with torch.inference_mode():
-        return comfy.sd.load_checkpoint_guess_config(str(folder / "checkpoints" / name), output_vae=False,
-                                                     output_clip=True)[1]
+        return comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clip=True)[1]
+
+
+@pytest.fixture(scope="module")
+def clip(checkpoint):
+    return load_clip(checkpoint)
 
 
 @pytest.fixture
 def calls(clip, monkeypatch):
     """The number of text-encoder runs so far (``calls[0]``)."""
+    return counted_encodes(clip, monkeypatch)
+
+
+def counted_encodes(clip, monkeypatch) -> list:
     counted, encode = [0], clip.cond_stage_model.encode_token_weights
 
     def counting(tokens):
@@ -91,6 +103,23 @@ def test_a_rerun_encodes_nothing_and_restores_the_fresh_encodings_exactly(clip, 
     calls[0] = 0
     assert_same(encoded(clip, PROMPTS, None).conditionings, reference)  # no cache folder: always encoded
     assert calls[0] == len(PROMPTS)
+
+
+def test_the_same_checkpoint_loaded_again_is_the_same_encoder(checkpoint, clip, tmp_path, monkeypatch):
+    """A new load (a rerun's) is the same encoder, although ComfyUI leaves the CLIP-L text projection that
+    SD1.5 checkpoints lack uninitialised: the encodings never depend on it, so it is not in the identity."""
+    reference = stock(clip, PROMPTS)
+    encoded(clip, PROMPTS, tmp_path)
+    again = load_clip(checkpoint)
+    projection = next(tensor for name, tensor in again.patcher.model.state_dict().items()
+                      if name.endswith("text_projection.weight"))
+    with torch.inference_mode():  # whatever the uninitialised memory held
+        projection.copy_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(1)))
+    counted = counted_encodes(again, monkeypatch)
+    result = encoded(again, PROMPTS, tmp_path)
+    assert (counted[0], result.reused) == (0, len(PROMPTS))
+    assert_same(result.conditionings, reference)
+    assert_same(result.conditionings, stock(again, PROMPTS))
 
 
 def test_a_changed_text_encoder_re_encodes(clip, calls, tmp_path):

@@ -100,6 +100,9 @@ def test_train_resumes_after_ctrl_c_refuses_to_overwrite_and_reuses_the_teacher_
 
     done = train(workspace, *checkpoint, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
+    # the interrupted run encoded the negative and both prompts; the resumed one reads them back
+    assert f"3 of 3 prompt encodings (the negative included) reused from {workspace.cache / 'encodings'}" \
+        in done.stderr, done.stderr
     phi = Coefficients.load(out / f"{stem}-nfe3.safetensors")
     assert (phi.nfe, phi.model_family, phi.prediction, phi.cfg) == (3, "SD15", "eps", 5.0)
     assert phi.schedule == {"kind": "comfy", "scheduler": "karras"} and phi.divisor == "sigma"
