@@ -6,7 +6,9 @@ changing what is computed:
 
 * teacher pairs: sampling batch b (the batches one process would run) goes to rank b mod K; the
   targets are then summed across ranks, each rank contributing its rows and zeros elsewhere, which
-  is exact;
+  is exact. Every rank keeps all pairs: each step's mini-batch is drawn from all of them and its
+  micro-batches are dealt to the ranks afresh, so a pair may be needed on any rank. An interrupted
+  rank saves the pairs it finished beside the cache before it stops (:mod:`.pairs`);
 * optimisation: every rank draws the same seeded mini-batch (a function of (seed, NFE, iteration)),
   computes the loss and gradients of its share of the micro-batches (micro-batch m on rank m mod K),
   and every rank gathers them all (an all-reduce of rows, each filled by one rank) and sums them in
