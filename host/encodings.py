@@ -6,11 +6,11 @@ Each prompt's encoding is one safetensors file in ``<cache>/encodings/``, named 
 
 * the text encoder's identity (:class:`EncodingCache`): its class, the names, shapes and dtypes of its
   weights, its patches (LoRAs), the CLIP layer it stops at, its device and the torch version, and a
-  SHA-256 of every weight the encoder *reads* as ComfyUI loads it for this CLIP (patches applied).
-  Which weights it reads is recorded while it encodes (every tensor that enters a torch operation)
-  and kept beside the encodings: a checkpoint may hold weights the encoder never uses, and ComfyUI
-  leaves those it does not find in the file uninitialised (SD1.5's CLIP-L text projection), so hashing
-  every weight would give one checkpoint a new identity on every load;
+  SHA-256 of every weight the encodings *depend on*, as ComfyUI loads it for this CLIP (patches
+  applied). Which weights those are is followed through every torch operation while it encodes and
+  recorded beside the encodings (``used-weights-*.json``): a checkpoint may hold weights whose result the
+  encoder drops, and ComfyUI leaves those it does not find in the file uninitialised (SD1.5's CLIP-L
+  text projection), so hashing every weight would give one checkpoint a new identity on every load;
 * the prompt's tokens (``clip.tokenize``), not its text: they carry the tokenizer's options, prompt
   weights and textual-inversion embeddings, so a changed embedding file changes the key too.
 
@@ -40,9 +40,6 @@ from ..atomic import atomic_path, write_text_atomic
 LOG = logging.getLogger("comfyui_dyweight")
 FORMAT = "dyweight-encoding/1"
 METADATA_KEY = "dyweight_encoding"
-#: Tensor functions that read a tensor's shape, type or place but not its values (attribute getters too).
-METADATA_ONLY = {"__get__", "size", "dim", "numel", "nelement", "element_size", "stride", "storage_offset",
-                 "is_contiguous", "is_floating_point", "data_ptr", "get_device", "untyped_storage"}
 #: Extras values stored as JSON: exactly these types round-trip unchanged (no subclasses).
 PLAIN_TYPES = (type(None), bool, int, float, str)
 
@@ -102,8 +99,8 @@ class EncodingCache:
         self.clip, self.folder = clip, folder
         self.structure = _structure(clip)
         self.record = None if self.structure is None else \
-            folder / f"reads-{_hashed(self.structure)[:24]}.json"
-        self.reads = self._read_record()
+            folder / f"used-weights-{_hashed(self.structure)[:24]}.json"
+        self.used = self._read_record()
         self.identity = self._identity()
 
     def restored(self, tokens) -> Optional[list]:
@@ -111,17 +108,17 @@ class EncodingCache:
         return None if path is None else _restored(path, key)
 
     def encoded(self, tokens, text: str) -> list:
-        """Encode ``tokens``, note the weights read, and store the encoding under the identity that
-        covers them."""
+        """Encode ``tokens``, note the weights the encoding depends on, and store it under the identity
+        that covers them."""
         if self.structure is None:
             return encode_tokens(self.clip, tokens)
-        self.clip.load_model()  # as the encode does: the weights it reads are the ones loaded now
+        self.clip.load_model()  # as the encode does: the weights it uses are the ones loaded now
         with _WeightDependencies(self.clip.patcher.model) as dependencies:
             conditioning = encode_tokens(self.clip, tokens)
-        read = dependencies.of(conditioning)
-        if not read <= set(self.reads or ()):
-            self.reads = sorted(read | set(self.reads or ()))
-            write_text_atomic(self.record, json.dumps({"structure": self.structure, "reads": self.reads}))
+        used = dependencies.of(conditioning)
+        if not used <= set(self.used or ()):
+            self.used = sorted(used | set(self.used or ()))
+            write_text_atomic(self.record, json.dumps({"structure": self.structure, "used": self.used}))
             self.identity = self._identity()
         path, key = self._entry(tokens)
         if path is not None:
@@ -139,25 +136,26 @@ class EncodingCache:
         return self.folder / f"{_hashed(key)[:32]}.safetensors", key
 
     def _read_record(self) -> Optional[list]:
-        """The weights this encoder was seen reading (``None``: not recorded yet, or unreadable)."""
+        """The weights this encoder's encodings were seen to depend on (``None``: not recorded yet, or
+        unreadable)."""
         if self.record is None or not self.record.is_file():
             return None
         try:
             document = json.loads(self.record.read_text(encoding="utf-8"))
-            if document["structure"] == self.structure and all(isinstance(name, str) for name in document["reads"]):
-                return list(document["reads"])
+            if document["structure"] == self.structure and all(isinstance(name, str) for name in document["used"]):
+                return list(document["used"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             LOG.warning("DyWeight: %s is unreadable (%s); the next encoding records it again", self.record, error)
         return None
 
     def _identity(self) -> Optional[dict]:
-        if self.reads is None:
+        if self.used is None:
             return None
         self.clip.load_model()
         weights = hashlib.sha256()
         state = self.clip.patcher.model.state_dict()
         try:
-            for name in self.reads:
+            for name in self.used:
                 weights.update(f"{name}{state[name].dtype}{tuple(state[name].shape)}".encode())
                 weights.update(_tensor_bytes(state[name]))
         except (KeyError, RuntimeError, NotImplementedError):  # e.g. a weight on the meta device
@@ -198,10 +196,9 @@ class _WeightDependencies(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        if getattr(func, "__name__", None) not in METADATA_ONLY:
-            sources = frozenset().union(*self._found((args, tuple(kwargs.values()))))
-            for tensor in _tensors(result):  # an in-place op's result is among its inputs: it keeps its sources
-                self.sources[id(tensor)] = sources
+        sources = frozenset().union(*self._found((args, tuple(kwargs.values()))))
+        for tensor in _tensors(result):  # an in-place op's result is among its inputs: it keeps its sources
+            self.sources[id(tensor)] = sources
         return result
 
     def _found(self, values):

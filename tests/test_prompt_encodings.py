@@ -171,6 +171,15 @@ def test_a_damaged_cache_file_is_reported_and_made_again(clip, calls, tmp_path, 
     calls[0] = 0
     assert encoded(clip, PROMPTS, tmp_path).reused == len(PROMPTS) and calls[0] == 0  # made again
 
+    (record,) = (tmp_path / "encodings").glob("used-weights-*.json")  # which weights the encodings depend on
+    record.write_text('{"structure": ')
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="comfyui_dyweight"):
+        result = encoded(clip, PROMPTS, tmp_path)
+    assert str(record) in caplog.text
+    assert (calls[0], result.reused) == (1, len(PROMPTS) - 1)  # the first encode records it again
+    assert_same(result.conditionings, reference)
+
 
 def test_conditioning_values_round_trip_exactly_and_others_are_not_stored(tmp_path):
     """Tensors of any dtype and device and None/bool/int/float/str come back as they went in; a value that
