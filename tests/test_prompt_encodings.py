@@ -105,9 +105,12 @@ def test_a_rerun_encodes_nothing_and_restores_the_fresh_encodings_exactly(clip, 
     assert calls[0] == len(PROMPTS)
 
 
-def test_the_same_checkpoint_loaded_again_is_the_same_encoder(checkpoint, clip, tmp_path, monkeypatch):
-    """A new load (a rerun's) is the same encoder, although ComfyUI leaves the CLIP-L text projection that
-    SD1.5 checkpoints lack uninitialised: the encodings never depend on it, so it is not in the identity."""
+def test_the_same_checkpoint_loaded_again_is_the_same_encoder(host, checkpoint, clip, tmp_path, monkeypatch):
+    """A new load (a rerun's) is the same encoder. SD1.5 checkpoints lack the CLIP-L text projection: the
+    current host leaves it uninitialised (random here) and drops its output, so the encodings do not
+    depend on it and the reload hits; the 2024 host sets it to the identity and pools through it, so
+    with another projection the encodings change and must be made again. Either way the cache gives
+    exactly what a fresh encoding gives."""
     reference = stock(clip, PROMPTS)
     encoded(clip, PROMPTS, tmp_path)
     again = load_clip(checkpoint)
@@ -115,11 +118,17 @@ def test_the_same_checkpoint_loaded_again_is_the_same_encoder(checkpoint, clip, 
                       if name.endswith("text_projection.weight"))
     with torch.inference_mode():  # whatever the uninitialised memory held
         projection.copy_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(1)))
+    fresh = stock(again, PROMPTS)
+    try:
+        assert_same(fresh, reference)
+        depends = False
+    except AssertionError:
+        depends = True
+    assert not (depends and host.is_modern)  # on the current host the reload must hit
     counted = counted_encodes(again, monkeypatch)
     result = encoded(again, PROMPTS, tmp_path)
-    assert (counted[0], result.reused) == (0, len(PROMPTS))
-    assert_same(result.conditionings, reference)
-    assert_same(result.conditionings, stock(again, PROMPTS))
+    assert (counted[0], result.reused) == ((len(PROMPTS), 0) if depends else (0, len(PROMPTS)))
+    assert_same(result.conditionings, fresh)
 
 
 def test_a_changed_text_encoder_re_encodes(clip, calls, tmp_path):
