@@ -99,6 +99,67 @@ def test_a_cfg_range_trains_one_phi_that_records_it_and_reports_its_ends(adapter
     assert [point["guidance"] for point in result.table[0]["guidance"]] == [2.0, 3.5, 5.0]
 
 
+def test_flux_trains_with_and_without_checkpointing_and_its_gradient_is_the_finite_difference(adapter, host,
+                                                                                              tmp_path):
+    """ComfyUI's FLUX blocks add their residuals in place (``x += …``) after a LayerNorm saved ``x``: a plain
+    backward pass through them fails and torch's checkpointing differentiates the modified tensor (14% off
+    along the direction below). One training step runs either way; the gradients in Φ (W and log s) that a
+    step takes agree with checkpointing and without, and along a change of W the loss's central finite
+    difference (no autograd in the oracle) is the gradient's."""
+    import dataclasses
+
+    import model_matrix
+    from comfyui_dyweight.coefficients import adams_bashforth_preset
+    from comfyui_dyweight.trainer import DistillConfig
+    from comfyui_dyweight.trainer.optimise import batch_gradients
+    from comfyui_dyweight.trainer.pairs import PairSet
+    from comfyui_dyweight.trainer.students import DyWeightStudent
+
+    comfy_host.require_modern(host, "the tiny FLUX model")
+    family = model_matrix.FAMILIES["flux"]
+    with torch.inference_mode():  # as the loader nodes build it
+        model = model_matrix.build(family)
+    target = adapter.ComfyTarget(model, [model_matrix.conditioning(family, seed=seed) for seed in (1, 2)], cfg=1.0,
+                                 latent_shape=family.latent)
+    for checkpointing in (False, True):
+        result = adapter.distill_for_comfy(target, cache_dir=tmp_path, progress=lambda event: None, nfe=[3],
+                                           teacher="euler", teacher_steps=6, pairs=5, iterations=1, batch_size=4,
+                                           checkpointing=checkpointing)
+        assert result.coefficients[3].weights.isfinite().all()
+
+    def gradients(source):
+        sigmas = source.schedule(3)
+        template = dataclasses.replace(adams_bashforth_preset(3, "flow"), divisor="net_sigma", sigmas=sigmas.float())
+        student = DyWeightStudent(template, DyWeightStudent.initial_state(template), sigmas)
+        noise = torch.cat([source.noise(seed) for seed in range(2)])
+        batch = PairSet(torch.arange(2), noise, torch.randn(noise.shape, generator=torch.Generator().manual_seed(3)),
+                        labels=torch.tensor([0, 1]))
+        config = DistillConfig(batch_size=2, micro_batch_size=1, sampling_batch_size=2)
+        by_autograd = {on: batch_gradients(student, source.denoise, batch, config.with_given(checkpointing=on))[1]
+                       for on in (False, True)}
+        # a change of W whose rows sum to zero moves no time of the trajectory (t̃ follows the row sums, Eq. 8),
+        # so the loss is a smooth function of the states alone along it (the model's time embedding oscillates)
+        change = torch.randn(student.weights.shape, generator=torch.Generator().manual_seed(4)) * student.mask
+        change = (change - change.sum(1, keepdim=True) / student.mask.sum(1, keepdim=True)) * student.mask
+
+        def loss_at(step):
+            with torch.no_grad():
+                student.weights.add_(step * change)
+                loss = float(student.loss(source.denoise, batch, False))
+                student.weights.sub_(step * change)
+                return loss
+
+        finite_difference = (loss_at(0.1) - loss_at(-0.1)) / 0.2
+        return by_autograd, change, finite_difference
+
+    by_autograd, change, finite_difference = adapter.open_comfy_source(target, gradients)
+    for stored, recomputed in zip(by_autograd[False], by_autograd[True]):
+        assert torch.allclose(stored, recomputed, rtol=1e-5, atol=1e-7) and stored.abs().sum() > 0
+    assert abs(finite_difference) > 1e-4
+    directional = float((by_autograd[True][0] * change).sum())
+    assert directional == pytest.approx(finite_difference, rel=5e-3), (directional, finite_difference)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(host, tmp_path_factory):
     """The tiny real checkpoint, loaded the way CheckpointLoaderSimple loads it (inference mode)."""

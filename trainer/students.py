@@ -23,9 +23,9 @@ import dataclasses
 from typing import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..coefficients import Coefficients, dyweight_sample, shifted_times
+from .model_calls import differentiable_calls
 from .pairs import PairSet
 
 #: The running time is kept at t̃_n ≥ TIME_FLOOR·σ_n (n ≥ 1) by projecting the DyWeight weight rows.
@@ -35,21 +35,11 @@ DSS_ENDPOINT_WEIGHT, DSS_HUBER_DELTA = 1000.0, 1e-3
 FAMILIES = ("dyweight", "dss")
 
 
-def checkpointed(denoise: Callable) -> Callable:
-    """``denoise`` recomputed in the backward pass instead of storing its activations (one model call
-    of memory per step instead of N)."""
-
-    def call(x, sigma):
-        return checkpoint(denoise, x, sigma, use_reentrant=False)
-
-    return call
-
-
 def endpoint_loss(denoise: Callable, batch: PairSet, sigmas: torch.Tensor, phi: Coefficients,
                   checkpointing: bool) -> torch.Tensor:
     """DyWeight's Algorithm 1, line 6: mean squared distance of the student's endpoint to the teacher's."""
     model = batch.bind(denoise)
-    endpoint = dyweight_sample(checkpointed(model) if checkpointing else model, batch.noise, sigmas, phi)
+    endpoint = dyweight_sample(differentiable_calls(model, checkpointing), batch.noise, sigmas, phi)
     return (endpoint - batch.target).pow(2).mean()
 
 
@@ -63,7 +53,7 @@ def path_loss(denoise: Callable, batch: PairSet, phi: Coefficients, checkpointin
     drowning the endpoint."""
     model = batch.bind(denoise)
     states = []
-    endpoint = dyweight_sample(checkpointed(model) if checkpointing else model, batch.noise, phi.sigmas, phi,
+    endpoint = dyweight_sample(differentiable_calls(model, checkpointing), batch.noise, phi.sigmas, phi,
                                callback=lambda step: states.append(step["x"]) if step["i"] > 0 else None)
     nearest = (phi.sigmas.detach()[1:-1, None].to(batch.path_sigmas) - batch.path_sigmas[None]).abs().argmin(1)
     loss = DSS_ENDPOINT_WEIGHT * torch.nn.functional.huber_loss(endpoint, batch.target, delta=DSS_HUBER_DELTA)
