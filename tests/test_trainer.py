@@ -222,6 +222,46 @@ def test_checkpointing_changes_nothing_and_no_model_gradients_are_built(mixture)
     assert torch.equal(*gradients) and gradients[0].abs().sum() > 0
 
 
+def test_a_model_that_changes_saved_tensors_in_place_gets_the_gradient_of_its_out_of_place_form():
+    """A residual added in place after a layer norm saved its input (as ComfyUI's FLUX blocks do): with
+    checkpointing and without, the gradient is that of the same model written out of place (plain
+    autograd), and only that model's first call runs twice; a model without in-place changes runs once."""
+    from comfyui_dyweight.trainer.model_calls import differentiable_calls
+
+    calls = []
+
+    def model(in_place):
+        def denoise(x, sigma):
+            calls.append(in_place)
+            hidden = x * sigma
+            normed = torch.nn.functional.layer_norm(hidden, hidden.shape[-1:])
+            if in_place:
+                hidden += normed.tanh()
+            else:
+                hidden = hidden + normed.tanh()
+            return hidden * hidden
+
+        return denoise
+
+    x = torch.randn(3, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor(0.7, dtype=F64)
+
+    def gradients(denoise):
+        inputs = [x.clone().requires_grad_(True), sigma.clone().requires_grad_(True)]
+        first = denoise(*inputs)
+        return torch.autograd.grad(denoise(first, inputs[1]).sum(), inputs)  # two calls, as a trajectory makes
+
+    expected = gradients(model(False))
+    # (checkpointing, in place) → model runs: 2 calls; checkpointing recomputes both in the backward pass;
+    # the in-place model's first call with a graph runs again with copies
+    runs = {(False, False): 2, (False, True): 3, (True, False): 4, (True, True): 5}
+    for (checkpointing, in_place), count in runs.items():
+        calls.clear()
+        got = gradients(differentiable_calls(model(in_place), checkpointing))
+        assert all(torch.allclose(g, e, rtol=1e-12, atol=1e-12) for g, e in zip(got, expected))
+        assert len(calls) == count, (checkpointing, in_place, calls)
+
+
 def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(mixture):
     net = TinyNet(mixture.dim)
     noise = latents(24, mixture.dim, 7)
