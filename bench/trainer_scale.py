@@ -201,7 +201,8 @@ def run_child(spec: dict, ranks: int = 1) -> dict:
     launcher = [] if ranks == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     completed = subprocess.run([sys.executable, *launcher, __file__, "--child", json.dumps(spec)], capture_output=True,
                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
-    results = [json.loads(line[len("RESULT "):]) for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    results = [json.loads(line[len("RESULT "):]) for line in completed.stdout.splitlines()
+               if line.startswith("RESULT ")]
     results = [result for result in results if result.get("rank", 0) == 0]
     if completed.returncode != 0 or not results:
         return {**spec, "error": (completed.stderr or completed.stdout)[-600:]}
@@ -215,8 +216,8 @@ def ranks_part(models) -> list:
         if "error" not in one and "error" not in two:
             import torch
 
-            two["phi_difference"] = max(
-                float((torch.tensor(one[key]) - torch.tensor(two[key])).abs().max()) for key in ("weights", "time_scale"))
+            two["phi_difference"] = max(float((torch.tensor(one[key]) - torch.tensor(two[key])).abs().max())
+                                        for key in ("weights", "time_scale"))
         rows += [{"ranks": ranks, **row} for ranks, row in ((1, one), (2, two))]
         print(rows[-2:], flush=True)
     return rows
@@ -254,7 +255,8 @@ def markdown(document: dict) -> str:
     lines += _table_rows(document["prompts"], ("model", "prompts"), lambda row: [
         f"{row['encodings_mib']:.1f}", f"{row['setup_mib']:.0f}", f"{row['peak_mib']:.0f}",
         f"{row['peak_mib'] - row['setup_mib']:.0f}", f"{row['teacher_ms_per_pair']:.1f}", f"{row['optimisation_s']:.2f}"])
-    lines += ["", f"**Step against its floor; teacher against plain sampling** (medians of {REPEATS} in one process, CPU ms; "
+    lines += ["", f"**Step against its floor; teacher against plain sampling** (medians of {REPEATS} in one process, "
+                  "CPU ms; "
                   "batch 4, micro-batch 1, NFE 3; the floor is NFE × 4 guided calls at batch 1 with their backward "
                   "pass, through the trainer's differentiable model calls; the plain backward pass is shown where "
                   "the model allows one):", "",
@@ -262,7 +264,8 @@ def markdown(document: dict) -> str:
               "| step ms (no checkpointing) | / floor | teacher ms/pair | plain sampling ms/image | teacher / plain |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += _table_rows(document["step"], ("model",), _step_figures)
-    lines += ["", f"**Ranks** (the same run on 1 process and on 2 under torchrun, CPU, gloo: {RANKS_RUN['pairs']} pairs, "
+    lines += ["", "**Ranks** (the same run on 1 process and on 2 under torchrun, CPU, gloo: "
+                  f"{RANKS_RUN['pairs']} pairs, "
                   f"{RANKS_RUN['iterations']} iterations, batch 4, micro-batch 1, checkpointing):", "",
               "| model | ranks | wall s | teacher s | optimisation s | max Φ difference to 1 rank |",
               "|---|---:|---:|---:|---:|---:|"]

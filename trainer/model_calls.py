@@ -7,16 +7,20 @@ LayerNorm saved ``x`` for its backward pass, which makes a plain backward pass f
 inplace operation") and makes torch's own checkpointing, which does not check the versions of the
 tensors it recomputes, silently return the gradient of the modified tensor. So each call watches the
 tensors autograd saves; a call that changed one of them is run again with its own copy of each saved
-activation, made when it is saved, and so are the later calls of the same loss.
+activation, made when it is saved, and so is every later call of that denoiser.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from typing import Callable
 
 import torch
+
+#: The denoisers whose calls changed a saved tensor in place: their calls copy saved activations from then on.
+CHANGES_SAVED_TENSORS = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -31,7 +35,7 @@ def saved_tensors(copy: bool):
         if not (copy and tensor.requires_grad):
             # detached: the same data and version counter, without the grad_fn that would make a saved
             # output hold its own graph in a reference cycle
-            kept.append((tensor.detach(), tensor._version))
+            kept.append((tensor if tensor.grad_fn is None else tensor.detach(), tensor._version))
             return kept[-1]
         known = copies.get(id(tensor))
         if known is None or known[0]() is not tensor or known[1] != tensor._version:
@@ -72,21 +76,32 @@ class _RecomputedCall(torch.autograd.Function):
 
 
 def differentiable_calls(denoise: Callable, checkpointing: bool) -> Callable:
-    """``denoise(x, σ)`` (σ 0-d, as the update rule calls it) for one evaluation of the student's loss: each
-    call keeps what its backward pass needs, or, with ``checkpointing``, nothing, and is recomputed in
-    the backward pass (memory near one model call per step instead of N). The first call that changes a
-    saved tensor in place runs again with copies (see :func:`saved_tensors`), as do the calls after it."""
-    copying = [False]
+    """``denoise(x, σ, **given)`` (σ 0-d, as the update rule calls it) for the student's loss: each call keeps
+    what its backward pass needs, or, with ``checkpointing``, nothing, and is recomputed in the backward
+    pass (memory near one model call per step instead of N). The first call of ``denoise`` that changes
+    a saved tensor in place runs again with copies (see :func:`saved_tensors`), as do all its calls after
+    it (:data:`CHANGES_SAVED_TENSORS`; a denoiser without weak references is remembered by this wrapper)."""
+    found = []  # for a denoiser that CHANGES_SAVED_TENSORS cannot hold (no weak reference, or unhashable)
 
-    def forward(x, sigma):
-        with saved_tensors(copy=copying[0]) as changed:
-            denoised = denoise(x, sigma)
-        if copying[0] or not changed():
+    def forward(x, sigma, **given):
+        try:
+            copy = bool(found) or denoise in CHANGES_SAVED_TENSORS
+        except TypeError:
+            copy = False
+        with saved_tensors(copy=copy) as changed:
+            denoised = denoise(x, sigma, **given)
+        if copy or not changed():
             return denoised
-        copying[0] = True
-        return forward(x, sigma)
+        found.append(True)
+        try:
+            CHANGES_SAVED_TENSORS.add(denoise)
+        except TypeError:
+            pass
+        return forward(x, sigma, **given)
 
-    def call(x, sigma):
-        return _RecomputedCall.apply(forward, x, sigma) if checkpointing else forward(x, sigma)
+    def call(x, sigma, **given):
+        if checkpointing:
+            return _RecomputedCall.apply(functools.partial(forward, **given), x, sigma)
+        return forward(x, sigma, **given)
 
     return call

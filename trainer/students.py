@@ -38,8 +38,7 @@ FAMILIES = ("dyweight", "dss")
 def endpoint_loss(denoise: Callable, batch: PairSet, sigmas: torch.Tensor, phi: Coefficients,
                   checkpointing: bool) -> torch.Tensor:
     """DyWeight's Algorithm 1, line 6: mean squared distance of the student's endpoint to the teacher's."""
-    model = batch.bind(denoise)
-    endpoint = dyweight_sample(differentiable_calls(model, checkpointing), batch.noise, sigmas, phi)
+    endpoint = dyweight_sample(batch.bind(differentiable_calls(denoise, checkpointing)), batch.noise, sigmas, phi)
     return (endpoint - batch.target).pow(2).mean()
 
 
@@ -51,9 +50,8 @@ def path_loss(denoise: Callable, batch: PairSet, phi: Coefficients, checkpointin
     scale √(1 + σ²) (unit-variance data), so each path term compares the states divided by that, which
     leaves flow states (σ ≤ 1) nearly as they are and keeps the early, large-σ states of a VE model from
     drowning the endpoint."""
-    model = batch.bind(denoise)
     states = []
-    endpoint = dyweight_sample(differentiable_calls(model, checkpointing), batch.noise, phi.sigmas, phi,
+    endpoint = dyweight_sample(batch.bind(differentiable_calls(denoise, checkpointing)), batch.noise, phi.sigmas, phi,
                                callback=lambda step: states.append(step["x"]) if step["i"] > 0 else None)
     nearest = (phi.sigmas.detach()[1:-1, None].to(batch.path_sigmas) - batch.path_sigmas[None]).abs().argmin(1)
     loss = DSS_ENDPOINT_WEIGHT * torch.nn.functional.huber_loss(endpoint, batch.target, delta=DSS_HUBER_DELTA)
