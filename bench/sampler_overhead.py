@@ -53,13 +53,13 @@ def main(argv=None) -> int:
     rows = [{"sampler": name, "median_s": statistics.median(t), "ratio_to_euler": statistics.median(t) / baseline}
             for name, t in times.items()]
     print(f"\nKSampler wall time, tiny SD15-family model, {args.steps} steps, batch {args.batch}, "
-          f"{args.size}² px, median of {args.rounds} interleaved rounds, host {host.path}\n")
+          f"{args.size}² px, median of {args.rounds} interleaved rounds, ComfyUI {host.version}\n")
     print("| sampler | median (s) | ratio to euler |\n| --- | ---: | ---: |")
     for row in rows:
         print(f"| {row['sampler']} | {row['median_s']:.4f} | {row['ratio_to_euler']:.3f} |")
     if args.out:
         args.out.write_text(json.dumps({"steps": args.steps, "rounds": args.rounds, "size": args.size,
-                                        "batch": args.batch, "host": str(host.path), "rows": rows}, indent=1))
+                                        "batch": args.batch, "host": f"ComfyUI {host.version}", "rows": rows}, indent=1))
     return 0
 
 

@@ -310,7 +310,7 @@ def load_custom_node(module_path, ignore=None, name=None) -> bool:
     ``nodes.load_custom_node`` is a coroutine on current hosts and a plain function on old ones;
     this runs either. Returns the loader's success flag (the loader logs, not raises, errors).
     Registers the pack's nodes into ``nodes.NODE_CLASS_MAPPINGS``. The host names the module
-    after the folder (old hosts: its basename, e.g. ``main`` for a checkout in /work/main;
+    after the folder (old hosts: its basename, e.g. ``main`` for a checkout in a folder named main;
     current hosts: its full path); pass ``name="ComfyUI-DyWeight"`` to load it through a
     symlink of that name, as it would sit in ComfyUI/custom_nodes.
     """
