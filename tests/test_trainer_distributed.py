@@ -51,6 +51,34 @@ def assert_same_phi(ours: dict, reference: dict) -> None:
         assert (ours[name].double() - reference[name].double()).abs().max() <= 1e-5, name
 
 
+def test_a_rank_saving_after_a_peer_stopped_is_not_cut_short_by_the_next_signal():
+    """``torchrun`` sends SIGTERM to the remaining ranks just after one stops: a rank then saving the pairs or
+    the state it finished must not be interrupted by it (on a busy machine rank 0 lost its teacher pairs so).
+    One process keeps Ctrl-C as it is."""
+    from comfyui_dyweight.trainer import distributed
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def terminate_self():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs in this (main) thread at the next bytecode
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        try:
+            with distributed.signals_ignored(distributed.Ranks(rank=0, world=2)):
+                terminate_self()
+        except KeyboardInterrupt:
+            pytest.fail("the SIGTERM cut the save of a rank of two short")
+        assert signal.getsignal(signal.SIGTERM) is stop
+        with pytest.raises(KeyboardInterrupt):
+            with distributed.signals_ignored(distributed.SINGLE):
+                terminate_self()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_two_ranks_give_the_phi_of_one_process_and_write_once(one_process, tmp_path):
     done = subprocess.run(torchrun(tmp_path), env=environment(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

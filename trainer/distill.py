@@ -126,7 +126,8 @@ class _Distillation:
                     self._train(family, nfe, pairs.subset(train_index), pairs.subset(self.validation_index))
                 self.reporter.done(nfe, self._table_row(nfe))
         except (KeyboardInterrupt, TrainingInterrupted, distributed.RankFailed) as stop:
-            path = self._save_state() if self.state_dir is not None else None
+            with distributed.signals_ignored(distributed.ranks()):
+                path = self._save_state() if self.state_dir is not None else None
             where = f"state saved to {path}; resume=True continues" if path else "no state_dir: nothing saved"
             why = f"{stop}; " if isinstance(stop, distributed.RankFailed) else ""
             raise TrainingInterrupted(f"training interrupted ({why}{where})", result=self._result(path),

@@ -27,10 +27,12 @@ saves the last consistent state, which ``--resume`` continues.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import signal
+import threading
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -147,3 +149,21 @@ def interrupt_on_terminate() -> None:
 
     if ranks().world > 1:
         signal.signal(signal.SIGTERM, stop)
+
+
+@contextlib.contextmanager
+def signals_ignored(among: Ranks):
+    """Within it, SIGINT and SIGTERM are ignored when ``among`` has several ranks: a rank saving what it
+    finished because a peer stopped is not cut short by the SIGTERM that ``torchrun`` sends the remaining
+    ranks a moment later (the run is stopping anyway). One process, or a thread other than the main one
+    (signals go to the main thread only): no change."""
+    if among.world == 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(stop, signal.SIG_IGN) for stop in stops]
+    try:
+        yield
+    finally:
+        for stop, handler in zip(stops, previous):
+            signal.signal(stop, handler)

@@ -208,11 +208,12 @@ def teacher_pairs(denoise: Callable, noise: torch.Tensor, seeds: torch.Tensor, l
     except BaseException:  # an interruption, or a peer gone before the gather
         if store is not None and mine.any():
             elapsed = time.monotonic() - started
-            if ranks.world == 1:
-                _store_pairs(store, key, known | mine, target, trajectories, seconds + elapsed, inputs)
-                _remove_parts(store)  # the store now holds their pairs too
-            else:
-                _store_pairs(_part_path(store, ranks.rank), key, mine, target, trajectories, elapsed)
+            with distributed.signals_ignored(ranks):
+                if ranks.world == 1:
+                    _store_pairs(store, key, known | mine, target, trajectories, seconds + elapsed, inputs)
+                    _remove_parts(store)  # the store now holds their pairs too
+                else:
+                    _store_pairs(_part_path(store, ranks.rank), key, mine, target, trajectories, elapsed)
         raise
     finally:
         reporter.end()
