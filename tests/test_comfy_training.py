@@ -111,6 +111,7 @@ def test_flux_trains_with_and_without_checkpointing_and_its_gradient_is_the_fini
     import model_matrix
     from comfyui_dyweight.coefficients import adams_bashforth_preset
     from comfyui_dyweight.trainer import DistillConfig
+    from comfyui_dyweight.trainer.model_calls import differentiable_calls
     from comfyui_dyweight.trainer.optimise import batch_gradients
     from comfyui_dyweight.trainer.pairs import PairSet
     from comfyui_dyweight.trainer.students import DyWeightStudent
@@ -135,7 +136,7 @@ def test_flux_trains_with_and_without_checkpointing_and_its_gradient_is_the_fini
         batch = PairSet(torch.arange(2), noise, torch.randn(noise.shape, generator=torch.Generator().manual_seed(3)),
                         labels=torch.tensor([0, 1]))
         config = DistillConfig(batch_size=2, micro_batch_size=1, sampling_batch_size=2)
-        by_autograd = {on: batch_gradients(student, source.denoise, batch, config.with_given(checkpointing=on))[1]
+        by_autograd = {on: batch_gradients(student, differentiable_calls(source.denoise, on), batch, config)[1]
                        for on in (False, True)}
         # a change of W whose rows sum to zero moves no time of the trajectory (t̃ follows the row sums, Eq. 8),
         # so the loss is a smooth function of the states alone along it (the model's time embedding oscillates)
@@ -145,7 +146,7 @@ def test_flux_trains_with_and_without_checkpointing_and_its_gradient_is_the_fini
         def loss_at(step):
             with torch.no_grad():
                 student.weights.add_(step * change)
-                loss = float(student.loss(source.denoise, batch, False))
+                loss = float(student.loss(source.denoise, batch))
                 student.weights.sub_(step * change)
                 return loss
 

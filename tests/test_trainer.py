@@ -12,6 +12,7 @@ from comfyui_dyweight.coefficients import (
     Coefficients, SamplingError, adams_bashforth, dyweight_sample, edm_sigmas, shifted_times)
 from comfyui_dyweight.trainer import TEACHERS, DistillConfig, ModelSource, TrainingInterrupted, distill
 from comfyui_dyweight.trainer.analytic import GaussianMixture, gaussian_denoiser
+from comfyui_dyweight.trainer.model_calls import differentiable_calls
 from comfyui_dyweight.trainer.optimise import batch_gradients
 from comfyui_dyweight.trainer.students import TIME_FLOOR, DyWeightStudent, endpoint_loss
 from comfyui_dyweight.trainer.pairs import PairSet, draw_noise
@@ -217,8 +218,8 @@ def test_checkpointing_changes_nothing_and_no_model_gradients_are_built(mixture)
     pairs = plain.pairs.subset(slice(0, 8))
     phi = adams_bashforth(3, 3)
     phi.weights.requires_grad_(True)
-    gradients = [torch.autograd.grad(endpoint_loss(net, pairs, karras(3), phi, on), [phi.weights])[0]
-                 for on in (False, True)]
+    gradients = [torch.autograd.grad(endpoint_loss(differentiable_calls(net, on), pairs, karras(3), phi),
+                                     [phi.weights])[0] for on in (False, True)]
     assert torch.equal(*gradients) and gradients[0].abs().sum() > 0
 
 
@@ -226,8 +227,6 @@ def test_a_model_that_changes_saved_tensors_in_place_gets_the_gradient_of_its_ou
     """A residual added in place after a layer norm saved its input (as ComfyUI's FLUX blocks do): with
     checkpointing and without, the gradient is that of the same model written out of place (plain
     autograd), and only that model's first call runs twice; a model without in-place changes runs once."""
-    from comfyui_dyweight.trainer.model_calls import differentiable_calls
-
     calls = []
 
     def model(in_place):
@@ -262,6 +261,23 @@ def test_a_model_that_changes_saved_tensors_in_place_gets_the_gradient_of_its_ou
         assert len(calls) == count, (checkpointing, in_place, calls)
 
 
+def test_a_training_run_finds_an_in_place_model_once_and_copies_from_then_on(mixture):
+    """The trainer makes one set of differentiable calls per run: of all the calls with a graph over
+    several iterations, only the first runs twice (once watched, once with copies)."""
+    with_graph = []
+
+    def in_place(x, sigma):
+        if torch.is_grad_enabled():
+            with_graph.append(x.shape[0])
+        hidden = mixture.denoise(x, sigma)
+        hidden += torch.nn.functional.layer_norm(hidden, hidden.shape[-1:]).tanh() * 1e-3  # after layer_norm saved it
+        return hidden
+
+    config = SMALL.with_given(iterations=3, teacher_steps=8, batch_size=4)
+    distill(ModelSource(in_place, latents(12, mixture.dim, 8), karras), config, progress=quiet)
+    assert len(with_graph) == 3 * 3 + 1  # 3 iterations × NFE 3 (one micro-batch each), + the first call again
+
+
 def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(mixture):
     net = TinyNet(mixture.dim)
     noise = latents(24, mixture.dim, 7)
@@ -270,7 +286,7 @@ def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(
     batch = pairs.subset(slice(0, 8))
     init = adams_bashforth(3, 3)
     student = DyWeightStudent(init, DyWeightStudent.initial_state(init), karras(3))
-    whole = torch.autograd.grad(endpoint_loss(net, batch, karras(3), student.phi(), False), student.parameters)
+    whole = torch.autograd.grad(endpoint_loss(net, batch, karras(3), student.phi()), student.parameters)
     differentiated_rows = []
 
     def recording(x, sigma):
@@ -280,8 +296,8 @@ def test_micro_and_sampling_batches_bound_each_model_call_and_keep_the_gradient(
 
     config = DistillConfig(iterations=1, batch_size=8, lr=0.1, validation_every=1, seed=0, checkpointing=True,
                            micro_batch_size=3, sampling_batch_size=8)  # 3 + 3 + 2: the last micro-batch is smaller
-    loss, accumulated = batch_gradients(student, recording, batch, config)
-    assert loss == pytest.approx(float(endpoint_loss(net, batch, karras(3), student.phi(), False).detach()), rel=1e-12)
+    loss, accumulated = batch_gradients(student, differentiable_calls(recording, config.checkpointing), batch, config)
+    assert loss == pytest.approx(float(endpoint_loss(net, batch, karras(3), student.phi()).detach()), rel=1e-12)
     for expected, got in zip(whole, accumulated):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7) and expected.abs().sum() > 0
     assert differentiated_rows and max(differentiated_rows) == 3

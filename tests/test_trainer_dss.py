@@ -170,7 +170,7 @@ def test_path_loss_is_the_release_loss_written_out(mixture, trained):
     for n in range(1, 4):
         nearest = int((teacher_sigmas - grid[n]).abs().argmin())
         expected = expected + (states[n - 1] - batch.path[:, nearest].double()).pow(2).mean() / (1 + grid[n] ** 2)
-    assert float(path_loss(mixture.denoise, batch, phi, False)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(path_loss(mixture.denoise, batch, phi)) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_dss_starts_from_a_shipped_flow_table_on_a_flow_model(mixture):

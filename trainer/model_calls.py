@@ -7,7 +7,8 @@ LayerNorm saved ``x`` for its backward pass, which makes a plain backward pass f
 inplace operation") and makes torch's own checkpointing, which does not check the versions of the
 tensors it recomputes, silently return the gradient of the modified tensor. So each call watches the
 tensors autograd saves; a call that changed one of them is run again with its own copy of each saved
-activation, made when it is saved, and so is every later call of that denoiser.
+activation, made when it is saved, and so is every later call of the same :func:`differentiable_calls`
+(the trainer makes one per run of a student).
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ import weakref
 from typing import Callable
 
 import torch
-
-#: The denoisers whose calls changed a saved tensor in place: their calls copy saved activations from then on.
-CHANGES_SAVED_TENSORS = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -78,25 +76,18 @@ class _RecomputedCall(torch.autograd.Function):
 def differentiable_calls(denoise: Callable, checkpointing: bool) -> Callable:
     """``denoise(x, σ, **given)`` (σ 0-d, as the update rule calls it) for the student's loss: each call keeps
     what its backward pass needs, or, with ``checkpointing``, nothing, and is recomputed in the backward
-    pass (memory near one model call per step instead of N). The first call of ``denoise`` that changes
-    a saved tensor in place runs again with copies (see :func:`saved_tensors`), as do all its calls after
-    it (:data:`CHANGES_SAVED_TENSORS`; a denoiser without weak references is remembered by this wrapper)."""
-    found = []  # for a denoiser that CHANGES_SAVED_TENSORS cannot hold (no weak reference, or unhashable)
+    pass (memory near one model call per step instead of N). The first call that changes a saved tensor in
+    place runs again with copies (see :func:`saved_tensors`), and so do all later calls of the returned
+    function: make one per training run, not one per loss."""
+    copies_needed = False
 
     def forward(x, sigma, **given):
-        try:
-            copy = bool(found) or denoise in CHANGES_SAVED_TENSORS
-        except TypeError:
-            copy = False
-        with saved_tensors(copy=copy) as changed:
+        nonlocal copies_needed
+        with saved_tensors(copy=copies_needed) as changed:
             denoised = denoise(x, sigma, **given)
-        if copy or not changed():
+        if copies_needed or not changed():
             return denoised
-        found.append(True)
-        try:
-            CHANGES_SAVED_TENSORS.add(denoise)
-        except TypeError:
-            pass
+        copies_needed = True
         return forward(x, sigma, **given)
 
     def call(x, sigma, **given):

@@ -25,6 +25,7 @@ import torch
 from ..coefficients import Coefficients, CoefficientError, SamplingError, dyweight_sample
 from . import distributed
 from .config import DistillConfig
+from .model_calls import differentiable_calls
 from .pairs import PairSet
 from .progress import Reporter
 from .state import NfeRun
@@ -105,12 +106,13 @@ def train(run: NfeRun, student, denoise: Callable, train_pairs: PairSet, validat
     if run.adam:
         optimizer.load_state_dict({"state": _unflatten(run.adam), "param_groups": optimizer.state_dict()["param_groups"]})
     reporter.begin(f"{run.family} NFE {run.nfe}", run.iteration, config.iterations)
+    calls = differentiable_calls(denoise, config.checkpointing)
     clock = time.monotonic()
     while run.iteration < config.iterations and run.status == "training":
         iteration = run.iteration
         batch = train_pairs.subset(batch_indices(config, run.nfe, iteration, len(train_pairs)))
         try:
-            loss = _step(student, optimizer, learning_rate(iteration, config, peak), denoise, batch, config)
+            loss = _step(student, optimizer, learning_rate(iteration, config, peak), calls, batch, config)
         except Diverged as error:
             _stop(run, iteration + 1, str(error))
             break
@@ -136,8 +138,9 @@ class Diverged(Exception):
     """No step could be taken from the current Φ (the message says why)."""
 
 
-def batch_gradients(student, denoise, batch: PairSet, config: DistillConfig) -> tuple:
-    """The mini-batch loss and its gradients in the student's parameters, accumulated over micro-batches.
+def batch_gradients(student, calls: Callable, batch: PairSet, config: DistillConfig) -> tuple:
+    """The mini-batch loss and its gradients in the student's parameters, accumulated over micro-batches;
+    ``calls`` are the model's differentiable calls (:func:`.model_calls.differentiable_calls`).
 
     A micro-batch's mean loss enters with weight (its size / the batch's): every pair has as many
     latent elements as any other, so the weighted sum is the batch mean of Algorithm 1, line 6, and
@@ -157,7 +160,7 @@ def batch_gradients(student, denoise, batch: PairSet, config: DistillConfig) -> 
         part = batch.subset(slice(starts[index], starts[index] + config.micro_batch))
         try:
             with torch.enable_grad():
-                part_loss = student.loss(denoise, part, config.checkpointing) * (len(part) / len(batch))
+                part_loss = student.loss(calls, part) * (len(part) / len(batch))
                 if not torch.isfinite(part_loss):
                     raise Diverged(f"the loss became {float(part_loss)}")
                 part_gradients = torch.autograd.grad(part_loss, student.parameters)
@@ -177,13 +180,13 @@ def batch_gradients(student, denoise, batch: PairSet, config: DistillConfig) -> 
     return loss, gradients
 
 
-def _step(student, optimizer, lr: float, denoise, batch: PairSet, config: DistillConfig) -> float:
+def _step(student, optimizer, lr: float, calls: Callable, batch: PairSet, config: DistillConfig) -> float:
     """One Adam step; returns the batch loss.
 
     Raises:
         Diverged: the loss or a gradient is NaN/Inf, or the update rule refused the Φ.
     """
-    loss, gradients = batch_gradients(student, denoise, batch, config)
+    loss, gradients = batch_gradients(student, calls, batch, config)
     if not all(torch.isfinite(g).all() for g in gradients):
         raise Diverged("a gradient became NaN/Inf")
     for parameter, gradient in zip(student.parameters, gradients):

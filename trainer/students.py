@@ -13,8 +13,9 @@
   endpoint Huber term. Initialised at Euler on the model's own N-step grid.
 
 Both answer to the same loop (:mod:`.optimise`): ``parameters`` (the leaves Adam steps), ``phi()`` (the
-current Φ, differentiable in them), ``loss(denoise, batch, checkpointing)``, ``after_step()``,
-``evaluation_grid(phi)`` (the grid a saved Φ runs on) and ``state()`` for the saved run.
+current Φ, differentiable in them), ``loss(calls, batch)`` (``calls``: the model's differentiable calls,
+:mod:`.model_calls`), ``after_step()``, ``evaluation_grid(phi)`` (the grid a saved Φ runs on) and
+``state()`` for the saved run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Callable
 import torch
 
 from ..coefficients import Coefficients, dyweight_sample, shifted_times
-from .model_calls import differentiable_calls
 from .pairs import PairSet
 
 #: The running time is kept at t̃_n ≥ TIME_FLOOR·σ_n (n ≥ 1) by projecting the DyWeight weight rows.
@@ -35,14 +35,14 @@ DSS_ENDPOINT_WEIGHT, DSS_HUBER_DELTA = 1000.0, 1e-3
 FAMILIES = ("dyweight", "dss")
 
 
-def endpoint_loss(denoise: Callable, batch: PairSet, sigmas: torch.Tensor, phi: Coefficients,
-                  checkpointing: bool) -> torch.Tensor:
-    """DyWeight's Algorithm 1, line 6: mean squared distance of the student's endpoint to the teacher's."""
-    endpoint = dyweight_sample(batch.bind(differentiable_calls(denoise, checkpointing)), batch.noise, sigmas, phi)
+def endpoint_loss(calls: Callable, batch: PairSet, sigmas: torch.Tensor, phi: Coefficients) -> torch.Tensor:
+    """DyWeight's Algorithm 1, line 6: mean squared distance of the student's endpoint to the teacher's.
+    ``calls``: the denoiser's differentiable model calls (:func:`.model_calls.differentiable_calls`)."""
+    endpoint = dyweight_sample(batch.bind(calls), batch.noise, sigmas, phi)
     return (endpoint - batch.target).pow(2).mean()
 
 
-def path_loss(denoise: Callable, batch: PairSet, phi: Coefficients, checkpointing: bool) -> torch.Tensor:
+def path_loss(calls: Callable, batch: PairSet, phi: Coefficients) -> torch.Tensor:
     """DSS's loss: Σ_i MSE(x_i, teacher's x at the teacher time nearest σ_i) over the student's inner
     states x_1 … x_{N−1}, plus 1000 · Huber_δ=10⁻³(x_N, teacher's x0).
 
@@ -51,7 +51,7 @@ def path_loss(denoise: Callable, batch: PairSet, phi: Coefficients, checkpointin
     leaves flow states (σ ≤ 1) nearly as they are and keeps the early, large-σ states of a VE model from
     drowning the endpoint."""
     states = []
-    endpoint = dyweight_sample(batch.bind(differentiable_calls(denoise, checkpointing)), batch.noise, phi.sigmas, phi,
+    endpoint = dyweight_sample(batch.bind(calls), batch.noise, phi.sigmas, phi,
                                callback=lambda step: states.append(step["x"]) if step["i"] > 0 else None)
     nearest = (phi.sigmas.detach()[1:-1, None].to(batch.path_sigmas) - batch.path_sigmas[None]).abs().argmin(1)
     loss = DSS_ENDPOINT_WEIGHT * torch.nn.functional.huber_loss(endpoint, batch.target, delta=DSS_HUBER_DELTA)
@@ -89,8 +89,8 @@ class DyWeightStudent:
         """The current Φ (differentiable in the parameters)."""
         return dataclasses.replace(self.template, weights=self.weights * self.mask, time_scale=self.log_scale.exp())
 
-    def loss(self, denoise: Callable, batch: PairSet, checkpointing: bool) -> torch.Tensor:
-        return endpoint_loss(denoise, batch, self.sigmas, self.phi(), checkpointing)
+    def loss(self, calls: Callable, batch: PairSet) -> torch.Tensor:
+        return endpoint_loss(calls, batch, self.sigmas, self.phi())
 
     def evaluation_grid(self, phi: Coefficients) -> torch.Tensor:
         """The grid a (saved) Φ of this student runs on: the fixed float64 grid."""
@@ -208,8 +208,8 @@ class DSSStudent:
         weights = torch.cat([newest, older[:, 1:]], 1)
         return dataclasses.replace(self.template, weights=weights, sigmas=self.grid())
 
-    def loss(self, denoise: Callable, batch: PairSet, checkpointing: bool) -> torch.Tensor:
-        return path_loss(denoise, batch, self.phi(), checkpointing)
+    def loss(self, calls: Callable, batch: PairSet) -> torch.Tensor:
+        return path_loss(calls, batch, self.phi())
 
     @staticmethod
     def evaluation_grid(phi: Coefficients) -> torch.Tensor:
