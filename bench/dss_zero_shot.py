@@ -9,7 +9,9 @@ mixtures whose denoiser E[x0 | x] is exact, so every error is the solver's own. 
   x = (1 − σ)·x0 + σ·ε, against ComfyUI's ``ipndm`` on its ``simple`` schedule of a flow model with shift 1
   (σ linear from 1 to 0) and shift 3 (SD3's default). Reference: the exact flow-ODE solution (RK4, 1000
   steps in σ from 1 to ½, then 2000 in log σ̂ in VE form); the ratio columns divide each table's RMSE by the
-  better of the two iPNDM runs.
+  better of the two iPNDM runs. The same comparison then runs on further random draws of each mixture
+  (``--draws``, other seeds, same sizes): in how many draws each table loses, per NFE, so that a loss
+  can be told from the luck of one draw.
 * **DDPM tables** (searched on DiT-XL/2, ``combine = "denoised"``) on SD1.5's discrete DDPM schedule
   (ComfyUI's ``ModelSamplingDiscrete``: scaled-linear β from 0.00085 to 0.012, 1000 steps, σ_max ≈ 14.6),
   the grid mapped as on a ComfyUI model, the model's own σ at timestep 1000·t; the mixture answers as an
@@ -31,6 +33,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -53,6 +56,7 @@ PROBLEMS = {
     "mixture d8 (4 modes, std 0.5)": dict(dim=8, components=4, std=0.5, seed=0),
     "mixture d16 (8 modes, std 0.3)": dict(dim=16, components=8, std=0.3, seed=1),
 }
+DRAW_SEEDS = 100  # the further draws of each mixture use seeds 100, 101, …
 
 
 class ComfyTools:
@@ -175,10 +179,20 @@ def ddpm_benchmark(mixture: GaussianMixture, noise: torch.Tensor, comfy: ComfyTo
     return rows
 
 
-def benchmark(spec: dict, samples: int, comfy: ComfyTools) -> dict:
+def mixture_and_noise(spec: dict, samples: int) -> tuple:
     mixture = GaussianMixture.seeded(**spec)
-    noise = torch.randn(samples, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2024))
-    return {"flow": flow_benchmark(mixture, noise, comfy), "ddpm": ddpm_benchmark(mixture, noise, comfy)}
+    return mixture, torch.randn(samples, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2024))
+
+
+def benchmark(spec: dict, samples: int, draws: int, comfy: ComfyTools) -> dict:
+    mixture, noise = mixture_and_noise(spec, samples)
+    further = [flow_benchmark(*mixture_and_noise(dict(spec, seed=DRAW_SEEDS + draw), samples), comfy)
+               for draw in range(draws)]
+    return {"flow": flow_benchmark(mixture, noise, comfy), "ddpm": ddpm_benchmark(mixture, noise, comfy),
+            "flow_draws": [{"nfe": nfe, "ratio_to_best_ipndm": {family: [rows[index]["ratio_to_best_ipndm"][family]
+                                                                        for rows in further]
+                                                               for family in FLOW_TABLES}}
+                           for index, nfe in enumerate(NFE)]}
 
 
 def flow_markdown(problems: dict) -> list:
@@ -200,6 +214,25 @@ def flow_markdown(problems: dict) -> list:
     cells = sum(len(parts["flow"]) * len(FLOW_TABLES) for parts in problems.values())
     lines.append(f"Bar (each flow table beats the better ipndm at every NFE): met in {cells - len(misses)} of {cells} "
                  "cells" + (f"; not met: {', '.join(misses)}." if misses else "."))
+    return lines + ["", *draws_markdown(problems)]
+
+
+def draws_markdown(problems: dict) -> list:
+    """Per (mixture, table, NFE): in how many further draws of the mixture the table loses, and the median ratio."""
+    columns = [(problem, family) for problem in problems for family in FLOW_TABLES]
+    draws = len(next(iter(problems.values()))["flow_draws"][0]["ratio_to_best_ipndm"]["flow_sit"])
+    if not draws:
+        return []
+    lines = [f"#### Further draws of each mixture ({draws} each): draws in which the table loses to the better "
+             "ipndm (median ratio)", "",
+             "| NFE | " + " | ".join(f"{FLOW_TABLES[family]}, {problem.split(' (')[0]}" for problem, family in columns)
+             + " |", "|---|" + "---:|" * len(columns)]
+    for index, nfe in enumerate(NFE):
+        cells = []
+        for problem, family in columns:
+            ratios = problems[problem]["flow_draws"][index]["ratio_to_best_ipndm"][family]
+            cells.append(f"{sum(ratio >= 1 for ratio in ratios)}/{draws} ({statistics.median(ratios):.2f}×)")
+        lines.append(f"| {nfe} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -244,14 +277,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for dss_zero_shot.{md,json}")
     parser.add_argument("--samples", type=int, default=2048, help="noise samples per mixture")
+    parser.add_argument("--draws", type=int, default=6, help="further random draws of each mixture (flow tables)")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(1)
     comfy = ComfyTools()
-    problems = {name: benchmark(spec, arguments.samples, comfy) for name, spec in PROBLEMS.items()}
+    problems = {name: benchmark(spec, arguments.samples, arguments.draws, comfy) for name, spec in PROBLEMS.items()}
     for parts in problems.values():
         for row in parts["flow"] + parts["ddpm"]:
             assert len(set(row["calls"].values())) == 1, f"unequal model calls at NFE {row['nfe']}: {row['calls']}"
-    document = {"host": comfy.host, "samples": arguments.samples, "problems": problems, "mixtures": PROBLEMS,
+    document = {"host": comfy.host, "samples": arguments.samples, "draws": arguments.draws, "draw_seeds":
+                f"{DRAW_SEEDS} …", "problems": problems, "mixtures": PROBLEMS,
                 "machine": f"{platform.platform()}, torch {torch.__version__}"}
     table = markdown(document)
     print(table)
