@@ -220,7 +220,7 @@ def flow_markdown(problems: dict) -> list:
 def draws_markdown(problems: dict) -> list:
     """Per (mixture, table, NFE): in how many further draws of the mixture the table loses, and the median ratio."""
     columns = [(problem, family) for problem in problems for family in FLOW_TABLES]
-    draws = len(next(iter(problems.values()))["flow_draws"][0]["ratio_to_best_ipndm"]["flow_sit"])
+    draws = len(next(iter(problems.values()))["flow_draws"][0]["ratio_to_best_ipndm"][next(iter(FLOW_TABLES))])
     if not draws:
         return []
     lines = [f"#### Further draws of each mixture ({draws} each): draws in which the table loses to the better "
@@ -285,8 +285,8 @@ def main(argv=None) -> int:
     for parts in problems.values():
         for row in parts["flow"] + parts["ddpm"]:
             assert len(set(row["calls"].values())) == 1, f"unequal model calls at NFE {row['nfe']}: {row['calls']}"
-    document = {"host": comfy.host, "samples": arguments.samples, "draws": arguments.draws, "draw_seeds":
-                f"{DRAW_SEEDS} …", "problems": problems, "mixtures": PROBLEMS,
+    document = {"host": comfy.host, "samples": arguments.samples, "problems": problems, "mixtures": PROBLEMS,
+                "draw_seeds": list(range(DRAW_SEEDS, DRAW_SEEDS + arguments.draws)),
                 "machine": f"{platform.platform()}, torch {torch.__version__}"}
     table = markdown(document)
     print(table)
