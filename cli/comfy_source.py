@@ -25,6 +25,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ..host.loaders import import_comfyui, load_model
 from ..trainer.source import DeferredSource
@@ -90,7 +91,7 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
     if arguments.prompts is None:
         raise ValueError("--prompts FILE (one prompt per line) is required for a ComfyUI model")
     prompts = read_prompts(arguments.prompts)
-    cfg_range_record(arguments)
+    cfg_range = cfg_range_record(arguments)
     for side in ("width", "height"):
         if getattr(arguments, side) < 8 or getattr(arguments, side) % 8:
             raise ValueError(f"--{side} must be a positive multiple of 8, got {getattr(arguments, side)}")
@@ -98,7 +99,8 @@ def build(arguments: argparse.Namespace) -> DeferredSource:
     default_cache_dir = host / "user" / "dyweight" / "teacher-cache"
     cache_dir = arguments.cache_dir or default_cache_dir
     return DeferredSource(
-        name=Path(model_file).stem, opener=lambda body: open_source(arguments, host, prompts, cache_dir, body),
+        name=Path(model_file).stem,
+        opener=lambda body: open_source(arguments, host, prompts, cfg_range, cache_dir, body),
         default_out=host / "models" / "dyweight", default_cache_dir=default_cache_dir)
 
 
@@ -152,9 +154,10 @@ def _caption(line: str, number: int, path: Path) -> str:
     return caption.strip()
 
 
-def open_source(arguments: argparse.Namespace, host: Path, prompts: list, cache_dir: Path, body):
+def open_source(arguments: argparse.Namespace, host: Path, prompts: list, cfg_range: Optional[dict], cache_dir: Path,
+                body):
     """Import ComfyUI, load and encode (the encodings cached in ``cache_dir`` with the teacher pairs), then
-    ``body(live source)`` inside ComfyUI's sampling context."""
+    ``body(live source)`` inside ComfyUI's sampling context; ``cfg_range``: :func:`cfg_range_record`."""
     import_comfyui(host, cpu=arguments.cpu)
     import torch
 
@@ -182,7 +185,6 @@ def open_source(arguments: argparse.Namespace, host: Path, prompts: list, cache_
 
     if arguments.guidance is not None:
         positives = [training_target.with_guidance(positive, arguments.guidance) for positive in positives]
-    cfg_range = cfg_range_record(arguments)
     target = training_target.ComfyTarget(model, [(positive, negative) for positive in positives], cfg,
                                        training_target.latent_shape(model, arguments.width, arguments.height), scheduler,
                                        cfg_range)

@@ -64,7 +64,7 @@ def _positive_number(value: Any) -> bool:
 
 
 def _non_negative(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return _finite_number(value) and value >= 0
 
 
 #: What a CFG range applies to: the CFG scale, or FLUX's guidance embedding (set on the conditioning).

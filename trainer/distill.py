@@ -99,7 +99,6 @@ class _Distillation:
     resume_key: dict = dataclasses.field(default_factory=dict)
     teacher_run: Optional[TeacherRun] = None
     validation_index: Optional[torch.Tensor] = None
-    guidance_report: Optional[EndsReport] = None
     teacher: Teacher = dataclasses.field(init=False)
     baselines: dict = dataclasses.field(init=False)
     baseline_figures: dict = dataclasses.field(default_factory=dict)  # NFE → the baselines' held-out RMSE
@@ -163,16 +162,16 @@ class _Distillation:
         if saved is not None and saved.row is not None:
             return  # finished before the interruption
         run = self._start(family, nfe, template, validation_pairs) if saved is None else saved.snapshot()
-        optimise.train(run, self._student(family, template, run.parameters), self.model.denoise, train_pairs,
-                       validation_pairs, self.config, self.reporter, self._commit)
+        student = self._student(family, template, run.parameters)
+        optimise.train(run, student, self.model.denoise, train_pairs, validation_pairs, self.config, self.reporter,
+                       self._commit)
         if run.best_iteration == 0 and run.iteration:
             run.notes.append(f"{family} NFE {nfe}: training did not improve the held-out RMSE of the "
                              f"initialisation ({run.init_rmse:.4g}); returned the initialisation")
         run.row = family_row(run, self._baseline_rmse(nfe, validation_pairs, run.notes))
         if self.model.guidance is not None:  # the range's ends and middle (see .guidance)
-            student = self._student(family, template)
             phis = {"rmse": dataclasses.replace(template, **run.best), "init": template}
-            run.row["guidance"] = self._guidance_report().row(
+            run.row["guidance"] = self._guidance_report.row(
                 validation_pairs, {name: (phi, student.evaluation_grid(phi)) for name, phi in phis.items()})
         self._commit(run.snapshot(), True)
 
@@ -270,12 +269,12 @@ class _Distillation:
                               "key naming the model and its settings is needed to reuse them safely)")
         return None if self.state_dir is None else cache_path(self.state_dir, key)
 
+    @functools.cached_property
     def _guidance_report(self) -> EndsReport:
-        if self.guidance_report is None:
-            self.guidance_report = EndsReport(self.model.guidance, self.model.denoise, self.teacher,
-                                              self._checked_grid(self.config.teacher_steps, "the teacher"),
-                                              self.config.sampling_batch, self.reporter)
-        return self.guidance_report
+        """The held-out report over the guidance range (its teacher runs are kept for every NFE and family)."""
+        return EndsReport(self.model.guidance, self.model.denoise, self.teacher,
+                          self._checked_grid(self.config.teacher_steps, "the teacher"), self.config.sampling_batch,
+                          self.reporter)
 
     def _baseline_rmse(self, nfe: int, pairs: PairSet, notes: list) -> dict:
         """The baselines' held-out RMSE at ``nfe`` (computed once per NFE, whatever the families)."""
