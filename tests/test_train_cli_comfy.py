@@ -46,22 +46,23 @@ def workspace(host, tmp_path_factory):
                                  cache=root / "cache")
 
 
-def trainer_arguments(workspace, *arguments) -> list:
-    return ["train", "--comfyui", str(workspace.host.path), "--prompts", str(workspace.prompts), *SMALL,
+def trainer_arguments(workspace, *arguments, settings=SMALL) -> list:
+    return ["train", "--comfyui", str(workspace.host.path), "--prompts", str(workspace.prompts), *settings,
             "--cache-dir", str(workspace.cache), *arguments]
 
 
-def command_line(workspace, *arguments) -> dict:
+def command_line(workspace, *arguments, settings=SMALL) -> dict:
     """The command, to run in a fresh process (single-threaded, offline) from the workspace folder."""
     command = [sys.executable, str(TESTS / "comfy_server.py"), "--launch", str(workspace.runner),
-               *trainer_arguments(workspace, *arguments)]
+               *trainer_arguments(workspace, *arguments, settings=settings)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("COMFYUI_PATH", None)  # --comfyui names the host
     return {"args": command, "cwd": workspace.root, "env": env}
 
 
-def train(workspace, *arguments, timeout=240):
-    return subprocess.run(**command_line(workspace, *arguments), capture_output=True, text=True, timeout=timeout)
+def train(workspace, *arguments, timeout=240, settings=SMALL):
+    return subprocess.run(**command_line(workspace, *arguments, settings=settings), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def interrupt(workspace, when: str, *arguments, timeout=240):
@@ -170,6 +171,11 @@ def test_a_diffusion_model_with_its_text_encoder_is_the_same_model_as_the_checkp
     (["--checkpoint", "x.safetensors", "--prompts", "{prompts}", "--comfyui", "{tmp}"], "not a ComfyUI folder"),
     (["--toy", "gmm", "--checkpoint", "x.safetensors"], "exactly one model source"),
     (["--toy", "gmm"], "--out is required"),
+    (["--checkpoint", "x.safetensors", "--prompts", "{prompts}", "--cfg-range", "5", "2"], "0 ≤ LOW ≤ HIGH"),
+    (["--checkpoint", "x.safetensors", "--prompts", "{prompts}", "--cfg", "3", "--cfg-range", "1", "2"],
+     "--cfg-range replaces --cfg"),
+    (["--checkpoint", "x.safetensors", "--prompts", "{prompts}", "--cfg-range", "1", "2", "--guidance-range", "1",
+      "2"], "not both"),
 ])
 def test_options_that_do_not_fit_are_refused_before_anything_loads(arguments, message, tmp_path, capsys):
     """Checked by the command line alone: ComfyUI is not imported (the folder only has to look like one)."""
@@ -182,6 +188,21 @@ def test_options_that_do_not_fit_are_refused_before_anything_loads(arguments, me
     filled = [argument.format(**values) for argument in arguments]
     assert main(["train", "--comfyui", str(folder), *filled]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_cfg_range_on_the_command_line_trains_one_phi_for_it(workspace):
+    """``--cfg-range 2 4``: the Φ records the range and the report gives the held-out error at its ends
+    and middle."""
+    out = workspace.root / "phi-cfg-range"
+    cfg = SMALL.index("--cfg")
+    done = train(workspace, "--checkpoint", str(workspace.checkpoint), "--cfg-range", "2", "4", "--iterations", "1",
+                 "--out", str(out), settings=SMALL[:cfg] + SMALL[cfg + 2:])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CFG 2–4" in done.stderr
+    phi = Coefficients.load(out / f"{workspace.checkpoint.stem}-nfe3.safetensors")
+    assert phi.cfg == {"kind": "cfg", "min": 2.0, "max": 4.0}
+    _, guidance_table = done.stdout.split("| NFE | guidance | kept Φ | its init |")
+    assert re.findall(r"^\| 3 \| ([0-9.]+) \|", guidance_table, re.MULTILINE) == ["2", "3", "4"]
 
 
 def test_prompts_are_encoded_and_guided_exactly_as_the_stock_nodes_do(workspace):
