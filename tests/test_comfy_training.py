@@ -89,6 +89,38 @@ def test_each_row_is_denoised_under_its_own_prompt_as_a_stock_sampler_does(adapt
     assert not torch.allclose(ours[0], ours[3])  # same prompt, other noise: the rows were not mixed up
 
 
+def test_a_flux_guidance_range_sets_each_rows_guidance_as_the_flux_guidance_node_does(adapter, host):
+    """With a ``guidance`` range each row is denoised with its own FLUX guidance set on the positive
+    conditioning, as the FluxGuidance node sets it, at the target's CFG: row by row against the stock
+    sampling path (one Euler step to σ = 0)."""
+    import comfy.sample
+    import comfy.samplers
+    import node_helpers
+
+    with torch.inference_mode():  # as the loader nodes build it
+        model = comfy_host.tiny_flux_model(seed=0)
+    positive, negative = comfy_host.tiny_flux_conditioning(batch=1, seed=1)
+    target = adapter.ComfyTarget(model, [(positive, negative)], cfg=1.0, latent_shape=(16, 8, 8),
+                                 cfg_range={"kind": "guidance", "min": 1.0, "max": 6.0})
+    guidance = torch.tensor([1.0, 6.0], dtype=torch.float64)
+    unit = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(5)).expand(2, -1, -1, -1)
+    sigma = torch.tensor(0.6)
+
+    def body(denoise, _):
+        with torch.no_grad():
+            return denoise(sigma * unit, sigma, condition=torch.tensor([0, 0]), guidance=guidance)
+
+    ours = adapter.with_comfy_denoisers(target, body)
+    for row, value in enumerate(guidance.tolist()):
+        guided = node_helpers.conditioning_set_values(positive, {"guidance": value})
+        stock = comfy.sample.sample_custom(model, unit[row:row + 1], 1.0, comfy.samplers.sampler_object("euler"),
+                                           torch.stack([sigma, sigma * 0]), guided, negative,
+                                           torch.zeros_like(unit[:1]), disable_pbar=True)
+        expected = model.model.process_latent_in(stock)
+        assert torch.allclose(ours[row:row + 1], expected, atol=1e-5), row
+    assert not torch.allclose(ours[0], ours[1])  # same noise, other guidance: it reached the model
+
+
 def test_a_cfg_range_trains_one_phi_that_records_it_and_reports_its_ends(adapter, inference_mode_model, tmp_path):
     target = two_prompt_target(adapter, inference_mode_model)
     target.cfg_range = {"kind": "cfg", "min": 2.0, "max": 5.0}
